@@ -1,0 +1,53 @@
+// Defaults for every tunable of coopfs, gathered in one place. Units are in the names.
+// Every timing can be overridden (environment or options) so tests can run long schedules in seconds.
+
+export const FORMAT_VERSION = 1
+
+// Erasure coding: k data blocks + m parity blocks per stripe, one block per partner.
+export const DEFAULT_K = 4
+export const DEFAULT_M = 2
+
+// Payload bytes of one stripe block; a segment holds k of them (1 MiB of data at k = 4).
+export const BLOCK_SIZE_BYTES = 256 * 1024
+// Slots reserved on each partner; the logical disk holds k * slots * BLOCK_SIZE_BYTES bytes.
+export const DEFAULT_SLOTS = 8192
+
+// File data is cut into chunks of at most this many bytes, aligned to file offsets.
+export const CHUNK_SIZE_BYTES = 128 * 1024
+
+// Write-back store: bytes of dirty file data kept locally before writers are held back.
+export const WRITEBACK_LIMIT_BYTES = 256 * 1024 * 1024
+// Decrypted chunk cache held in memory.
+export const CACHE_LIMIT_BYTES = 64 * 1024 * 1024
+
+// A dirty block that has not been written to for this long is packed even if its file is still open.
+export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
+// A partially filled segment is sealed and written after this long without new data.
+export const SEGMENT_FLUSH_MS = envInt('COOPFS_SEGMENT_FLUSH_MS', 1000)
+// Metadata checkpoints are written at most this often while the tree changes (and at sync/unmount).
+export const CHECKPOINT_INTERVAL_MS = envInt('COOPFS_CHECKPOINT_INTERVAL_MS', 30_000)
+// In-memory file state (sizes, dirty blocks) is committed to the metadata store at least this often.
+export const META_COMMIT_INTERVAL_MS = 1000
+
+// Fraction of the logical disk kept free for the cleaner and for checkpoints; writes past it get ENOSPC.
+export const RESERVED_FRACTION = 0.08
+export const MIN_RESERVED_SLOTS = 4
+// Segments whose live bytes fall below this fraction are compacted by the cleaner.
+export const CLEAN_THRESHOLD = 0.5
+
+export const MAX_NAME_BYTES = 255
+export const MAX_SYMLINK_BYTES = 4095
+export const MAX_XATTR_VALUE_BYTES = 64 * 1024
+export const MAX_XATTR_LIST_BYTES = 64 * 1024
+export const MAX_FILE_BYTES = 2 ** 50
+
+// Waiting for the daemon: mount readiness and control requests.
+export const DAEMON_START_TIMEOUT_MS = 30_000
+export const CONTROL_TIMEOUT_MS = 10 * 60_000
+
+function envInt (name: string, fallback: number): number {
+  const v = process.env[name]
+  if (v === undefined || v === '') return fallback
+  const n = Number(v)
+  return Number.isFinite(n) && n >= 0 ? n : fallback
+}

@@ -1,0 +1,253 @@
+// The engine wires the layers together for one home: keys, partner set, logical disk, metadata store,
+// write-back store, filesystem and the background work (packer, checkpoints, cleaner).
+import fsp from 'node:fs/promises'
+import { CoopError } from '../errors.js'
+import {
+  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
+} from '../config.js'
+import { deriveKeys, type Keys } from '../crypto/keys.js'
+import { Home, type HomeConfig } from '../home.js'
+import { MetaStore } from '../fs/meta-store.js'
+import { WriteBack } from '../fs/writeback.js'
+import { Filesystem } from '../fs/filesystem.js'
+import { Packer } from '../fs/packer.js'
+import { LogicalDisk } from '../log/logical-disk.js'
+import { writeCheckpoint } from '../log/checkpoint.js'
+import { clean } from '../log/cleaner.js'
+import { LocalDirPartner } from '../partners/local-dir.js'
+import { PartnerSet } from '../partners/partner-set.js'
+import { ReedSolomon, nativeAvailable } from '../stripe/reed-solomon.js'
+import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
+
+const ERROR_BACKOFF_MS = 1000
+
+export interface EngineOptions {
+  writebackBytes?: number
+  cacheBytes?: number
+  log?: (line: string) => void
+}
+
+export interface EngineStatus {
+  bytesStored: number
+  bytesPending: number
+  logicalBytes: number
+  usableBytes: number
+  checkpoint: number
+  changedSinceCheckpoint: boolean
+  erasureCoding: { k: number, m: number, backend: string, note?: string }
+  partners: Array<{ id: string, label: string, state: 'online' | 'offline', slots: number }>
+  slots: { total: number, free: number, live: number, pendingFree: number }
+  damage: { count: number, recent: Array<{ slot: number, block: number, partner: string, problem: string, at: string }> }
+  cacheBytes: number
+  lastError: string | null
+}
+
+export class Engine {
+  readonly home: Home
+  readonly cfg: HomeConfig
+  readonly keys: Keys
+  readonly meta: MetaStore
+  readonly partners: PartnerSet
+  readonly disk: LogicalDisk
+  readonly wb: WriteBack
+  readonly fs: Filesystem
+  readonly packer: Packer
+  readonly rs: ReedSolomon
+  private readonly log: (line: string) => void
+  private walFd: fsp.FileHandle | null = null
+  private closed = false
+  private loopDone: Promise<void> | null = null
+  private wake: (() => void) | null = null
+  private changed = false
+  private lastCheckpointAt = 0
+  lastError: string | null = null
+
+  constructor (home: Home, opts: EngineOptions = {}) {
+    this.home = home
+    this.cfg = home.readConfig()
+    this.keys = deriveKeys(home.readSecret())
+    if (this.keys.publicKey.toString('hex') !== this.cfg.publicKey) {
+      throw new CoopError('EBADKEY', `the key file in ${home.dir} does not belong to its configuration`)
+    }
+    this.log = opts.log ?? (() => {})
+    this.rs = new ReedSolomon({ k: this.cfg.k, m: this.cfg.m })
+    const slotBytes = BLOCK_HEADER_BYTES + this.cfg.blockSize
+    const members = this.cfg.partners.map(p => LocalDirPartner.attach(p.path, p.id, this.cfg.slots, slotBytes))
+    this.partners = new PartnerSet({
+      partners: members,
+      k: this.cfg.k,
+      m: this.cfg.m,
+      blockSize: this.cfg.blockSize,
+      integrityKey: this.keys.integrityKey,
+      rs: this.rs
+    })
+    this.meta = new MetaStore(home.metaFile)
+    this.disk = new LogicalDisk({
+      meta: this.meta,
+      partners: this.partners,
+      keys: this.keys,
+      slots: this.cfg.slots,
+      cacheBytes: opts.cacheBytes ?? CACHE_LIMIT_BYTES
+    })
+    this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? WRITEBACK_LIMIT_BYTES)
+    this.fs = new Filesystem({
+      meta: this.meta,
+      disk: this.disk,
+      writeback: this.wb,
+      chunkSize: this.cfg.chunkSize,
+      syncMeta: () => this.syncMeta()
+    })
+    this.fs.onChange = () => {
+      this.changed = true
+      this.kick()
+    }
+    this.packer = new Packer(this.fs, this.disk)
+    this.lastCheckpointAt = Date.now()
+  }
+
+  async start (): Promise<void> {
+    await this.fs.removeOrphans()
+    this.loopDone = this.loop()
+  }
+
+  private kick (): void {
+    const w = this.wake
+    this.wake = null
+    if (w) w()
+  }
+
+  private sleep (ms: number): Promise<void> {
+    return new Promise(resolve => {
+      const t = setTimeout(() => { this.wake = null; resolve() }, ms)
+      this.wake = () => { clearTimeout(t); resolve() }
+    })
+  }
+
+  // Background work: pack what is ready, write checkpoints now and then, keep free segments available.
+  private async loop (): Promise<void> {
+    while (!this.closed) {
+      let did = 0
+      try {
+        did = await this.disk.lock.run(() => this.packRound(false))
+        if (this.changed && Date.now() - this.lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
+          await this.disk.lock.run(() => this.checkpointLocked())
+        }
+        this.lastError = null
+      } catch (err) {
+        this.lastError = (err as Error).message
+        this.log(`background: ${this.lastError}`)
+        await this.sleep(ERROR_BACKOFF_MS)
+        continue
+      }
+      if (did === 0 && !this.closed) {
+        const waitMs = this.disk.hasOpenSegment() ? SEGMENT_FLUSH_MS : (this.packer.pending() ? PACK_IDLE_MS : 60_000)
+        await this.sleep(Math.min(waitMs, CHECKPOINT_INTERVAL_MS))
+      }
+    }
+  }
+
+  // One packer round; when the logical disk runs out of free segments, reclaim and try once more.
+  private async packRound (force: boolean): Promise<number> {
+    try {
+      const n = await this.packer.round(force)
+      await this.keepSpace()
+      return n
+    } catch (err) {
+      if ((err as CoopError).code !== 'ENOSPC') throw err
+      await this.reclaim(true)
+      return await this.packer.round(force)
+    }
+  }
+
+  // Free segments come from segments emptied since the last checkpoint and from cleaning.
+  private async keepSpace (): Promise<void> {
+    const counts = this.disk.slotCounts()
+    if (counts.free > this.disk.reservedSlots * 2) return
+    await this.reclaim(false)
+  }
+
+  private async reclaim (urgent: boolean): Promise<void> {
+    await this.checkpointLocked()
+    if (await clean(this.disk, urgent)) await this.checkpointLocked()
+  }
+
+  private async checkpointLocked (): Promise<number> {
+    const seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
+    this.changed = false
+    this.lastCheckpointAt = Date.now()
+    return seq
+  }
+
+  // Everything written before the call is packed, stored at the partners and named by a checkpoint.
+  async sync (timeoutMs = 0): Promise<number> {
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : Infinity
+    return this.disk.lock.run(async () => {
+      while (this.packer.pending() > 0) {
+        if (Date.now() > deadline) throw new CoopError('ETIMEDOUT', `${this.packer.pending()} blocks were still waiting to be stored when the timeout ran out`)
+        await this.packRound(true)
+      }
+      await this.disk.flush()
+      return this.checkpointLocked()
+    })
+  }
+
+  private async syncMeta (): Promise<void> {
+    if (!this.walFd) {
+      try {
+        this.walFd = await fsp.open(this.meta.walFile(), 'r')
+      } catch {
+        return
+      }
+    }
+    await this.walFd.datasync()
+  }
+
+  status (): EngineStatus {
+    const ec = nativeAvailable()
+    const counts = this.disk.slotCounts()
+    return {
+      bytesStored: this.fs.liveBytes,
+      bytesPending: this.wb.dirtyBytes,
+      logicalBytes: this.cfg.slots * this.disk.segmentBytes,
+      usableBytes: this.disk.usableBytes(),
+      checkpoint: Number(this.meta.kvGet('checkpointSeq') ?? 0),
+      changedSinceCheckpoint: this.changed || this.packer.pending() > 0,
+      erasureCoding: {
+        k: this.cfg.k,
+        m: this.cfg.m,
+        backend: this.rs.backend,
+        ...(ec.ok ? {} : { note: `native coder unavailable (${ec.reason}); using the slower TypeScript coder` })
+      },
+      partners: this.partners.partners.map(p => ({
+        id: p.id.toString('hex'),
+        label: p.label,
+        state: p.online() ? 'online' as const : 'offline' as const,
+        slots: p.slots
+      })),
+      slots: { total: this.cfg.slots, ...counts },
+      damage: { count: this.partners.damageCount, recent: this.partners.damage.slice(-10) },
+      cacheBytes: this.disk.cacheBytes(),
+      lastError: this.lastError
+    }
+  }
+
+  // Packs and checkpoints what is local (unless told not to), then closes every file.
+  async close (flush = true): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.kick()
+    await this.loopDone
+    if (flush) {
+      try {
+        await this.sync()
+      } catch (err) {
+        this.log(`final sync: ${(err as Error).message}; the data stays in the local write-back store`)
+      }
+    }
+    await this.walFd?.close()
+    await this.wb.close()
+    await this.partners.close()
+    this.meta.close()
+  }
+}
+

@@ -1,0 +1,703 @@
+// POSIX semantics over the metadata store, the write-back store and the logical disk. Paths come from the
+// FUSE layer; every method either returns a result or throws an FsError carrying a Linux errno name.
+import { FsError, fsErr } from '../errors.js'
+import {
+  MAX_FILE_BYTES, MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES, MAX_XATTR_LIST_BYTES
+} from '../config.js'
+import { MetaStore, ROOT_INO, type Inode } from './meta-store.js'
+import { WriteBack } from './writeback.js'
+import { Lock } from '../log/lock.js'
+import type { LogicalDisk } from '../log/logical-disk.js'
+
+export const S_IFMT = 0o170000
+export const S_IFDIR = 0o040000
+export const S_IFREG = 0o100000
+export const S_IFLNK = 0o120000
+const XATTR_CREATE = 1
+const XATTR_REPLACE = 2
+// fuse-native turns a timespec into milliseconds; UTIME_OMIT (tv_sec 0, tv_nsec 2^30 - 2) arrives as this.
+const UTIME_OMIT_MS = 1073
+const PATH_CACHE_ENTRIES = 200_000
+
+export interface Attr extends Inode {
+  blocks: number
+  blksize: number
+}
+
+export interface StatFs {
+  bsize: number
+  frsize: number
+  blocks: number
+  bfree: number
+  bavail: number
+  files: number
+  ffree: number
+  favail: number
+  fsid: number
+  flag: number
+  namemax: number
+}
+
+interface Handle {
+  ino: number
+  flags: number
+  wrote: boolean
+}
+
+export interface FilesystemOptions {
+  meta: MetaStore
+  disk: LogicalDisk
+  writeback: WriteBack
+  chunkSize: number
+  // Makes committed metadata durable on the local disk (fsync of the store's log).
+  syncMeta: () => Promise<void>
+}
+
+const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
+
+export class Filesystem {
+  readonly meta: MetaStore
+  readonly disk: LogicalDisk
+  readonly wb: WriteBack
+  readonly chunkSize: number
+  private readonly syncMeta: () => Promise<void>
+  private readonly handles = new Map<number, Handle>()
+  private nextFh = 1
+  private readonly openCount = new Map<number, number>()
+  private readonly locks = new Map<number, { lock: Lock, users: number }>()
+  private readonly paths = new Map<string, number>()
+  // Bumped on every write to a dirty block; the packer commits a block only if it did not change meanwhile.
+  readonly gens = new Map<string, number>()
+  // Last write time and highest block written per inode: the packer leaves a file's tail alone while it grows.
+  readonly writing = new Map<number, { at: number, maxBlk: number }>()
+  liveBytes = 0
+  onChange: () => void = () => {}
+
+  constructor ({ meta, disk, writeback, chunkSize, syncMeta }: FilesystemOptions) {
+    this.meta = meta
+    this.disk = disk
+    this.wb = writeback
+    this.chunkSize = chunkSize
+    this.syncMeta = syncMeta
+    this.wb.dirtyBytes = meta.dirtyCount() * chunkSize
+    this.refreshLiveBytes()
+  }
+
+  refreshLiveBytes (): void {
+    this.liveBytes = this.disk.liveBytes()
+  }
+
+  // Inodes left with no name by a daemon that died while they were open.
+  async removeOrphans (): Promise<void> {
+    const rows = this.meta.db.prepare('SELECT ino FROM inodes WHERE nlink = 0').all() as Array<{ ino: number }>
+    for (const r of rows) await this.destroyInode(r.ino)
+  }
+
+  // ---- paths ----
+
+  private split (path: string): string[] {
+    return path.split('/').filter(Boolean)
+  }
+
+  resolve (path: string): number {
+    if (path === '/') return ROOT_INO
+    const cached = this.paths.get(path)
+    if (cached !== undefined) return cached
+    const parts = this.split(path)
+    let ino = ROOT_INO
+    let sofar = ''
+    for (const name of parts) {
+      const inode = this.meta.getInode(ino)
+      if (!inode || !isDir(inode.mode)) throw fsErr('ENOTDIR')
+      sofar += '/' + name
+      const hit = this.paths.get(sofar)
+      const next = hit ?? this.meta.lookup(ino, name)
+      if (next === undefined) throw fsErr('ENOENT')
+      if (hit === undefined) this.remember(sofar, next)
+      ino = next
+    }
+    return ino
+  }
+
+  private remember (path: string, ino: number): void {
+    if (this.paths.size >= PATH_CACHE_ENTRIES) this.paths.clear()
+    this.paths.set(path, ino)
+  }
+
+  private forget (path: string, subtree: boolean): void {
+    this.paths.delete(path)
+    if (!subtree) return
+    const prefix = path + '/'
+    for (const k of this.paths.keys()) if (k.startsWith(prefix)) this.paths.delete(k)
+  }
+
+  private parentOf (path: string): { parent: number, name: string } {
+    const parts = this.split(path)
+    const name = parts.pop()
+    if (name === undefined) throw fsErr('EBUSY')
+    if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
+    const parent = this.resolve('/' + parts.join('/'))
+    const pinode = this.inode(parent)
+    if (!isDir(pinode.mode)) throw fsErr('ENOTDIR')
+    return { parent, name }
+  }
+
+  private inode (ino: number): Inode {
+    const inode = this.meta.getInode(ino)
+    if (!inode) throw fsErr('ENOENT')
+    return inode
+  }
+
+  private async withInode<T> (ino: number, fn: () => Promise<T>): Promise<T> {
+    let entry = this.locks.get(ino)
+    if (!entry) {
+      entry = { lock: new Lock(), users: 0 }
+      this.locks.set(ino, entry)
+    }
+    entry.users++
+    try {
+      return await entry.lock.run(fn)
+    } finally {
+      if (--entry.users === 0) this.locks.delete(ino)
+    }
+  }
+
+  // ---- attributes ----
+
+  getattr (path: string): Attr {
+    return this.attrOf(this.resolve(path))
+  }
+
+  fgetattr (fh: number): Attr {
+    return this.attrOf(this.handle(fh).ino)
+  }
+
+  private attrOf (ino: number): Attr {
+    const inode = this.inode(ino)
+    let blocks = 0
+    if ((inode.mode & S_IFMT) === S_IFREG) {
+      const stored = this.meta.extentCount(ino) + this.meta.dirtyCount(ino)
+      blocks = Math.min(stored * this.chunkSize, Math.ceil(inode.size / 4096) * 4096) / 512
+    } else if (isDir(inode.mode)) {
+      blocks = 8
+    }
+    return { ...inode, blocks, blksize: 4096 }
+  }
+
+  chmod (path: string, mode: number): void {
+    const inode = this.inode(this.resolve(path))
+    inode.mode = (inode.mode & S_IFMT) | (mode & 0o7777)
+    inode.ctime = Date.now()
+    this.meta.updateInode(inode)
+  }
+
+  chown (path: string, uid: number, gid: number): void {
+    const inode = this.inode(this.resolve(path))
+    // (uid_t)-1 and (gid_t)-1 leave the owner or group unchanged.
+    if (uid !== 0xffffffff && uid !== -1) inode.uid = uid
+    if (gid !== 0xffffffff && gid !== -1) inode.gid = gid
+    inode.ctime = Date.now()
+    this.meta.updateInode(inode)
+  }
+
+  utimens (path: string, atime: number, mtime: number): void {
+    const inode = this.inode(this.resolve(path))
+    if (atime !== UTIME_OMIT_MS) inode.atime = atime
+    if (mtime !== UTIME_OMIT_MS) inode.mtime = mtime
+    inode.ctime = Date.now()
+    this.meta.updateInode(inode)
+  }
+
+  access (path: string): void {
+    this.resolve(path)
+  }
+
+  statfs (): StatFs {
+    const bsize = 4096
+    const total = Math.floor(this.disk.usableBytes() / bsize)
+    const used = Math.ceil((this.liveBytes + this.wb.dirtyBytes) / bsize)
+    const free = Math.max(0, total - used)
+    const files = (this.meta.db.prepare('SELECT count(*) AS n FROM inodes').get() as { n: number }).n
+    const maxFiles = 1 << 30
+    return {
+      bsize,
+      frsize: bsize,
+      blocks: total,
+      bfree: free,
+      bavail: free,
+      files: maxFiles,
+      ffree: maxFiles - files,
+      favail: maxFiles - files,
+      fsid: 0,
+      flag: 0,
+      namemax: MAX_NAME_BYTES
+    }
+  }
+
+  // ---- directories and names ----
+
+  readdir (path: string): string[] {
+    const ino = this.resolve(path)
+    const inode = this.inode(ino)
+    if (!isDir(inode.mode)) throw fsErr('ENOTDIR')
+    const names = ['.', '..']
+    for (const e of this.meta.listDir(ino)) names.push(e.name)
+    return names
+  }
+
+  private newInode (parent: number, name: string, mode: number, extra: Partial<Inode> = {}): number {
+    if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
+    const now = Date.now()
+    const dir = isDir(mode)
+    const ino = this.meta.createInode({
+      mode,
+      uid: process.getuid?.() ?? 0,
+      gid: process.getgid?.() ?? 0,
+      nlink: dir ? 2 : 1,
+      size: 0,
+      atime: now,
+      mtime: now,
+      ctime: now,
+      rdev: 0,
+      target: null,
+      parent: dir ? parent : 0,
+      ...extra
+    })
+    this.meta.addDirent(parent, name, ino)
+    const p = this.inode(parent)
+    if (dir) p.nlink++
+    p.mtime = p.ctime = now
+    this.meta.updateInode(p)
+    return ino
+  }
+
+  mkdir (path: string, mode: number): void {
+    const { parent, name } = this.parentOf(path)
+    this.meta.tx(() => this.newInode(parent, name, S_IFDIR | (mode & 0o7777)))
+    this.onChange()
+  }
+
+  mknod (path: string, mode: number, rdev: number): void {
+    const { parent, name } = this.parentOf(path)
+    const type = mode & S_IFMT
+    this.meta.tx(() => this.newInode(parent, name, (type || S_IFREG) | (mode & 0o7777), { rdev }))
+    this.onChange()
+  }
+
+  symlink (target: string, path: string): void {
+    if (Buffer.byteLength(target) > MAX_SYMLINK_BYTES) throw fsErr('ENAMETOOLONG')
+    const { parent, name } = this.parentOf(path)
+    this.meta.tx(() => this.newInode(parent, name, S_IFLNK | 0o777, { target, size: Buffer.byteLength(target) }))
+    this.onChange()
+  }
+
+  readlink (path: string): string {
+    const inode = this.inode(this.resolve(path))
+    if ((inode.mode & S_IFMT) !== S_IFLNK) throw fsErr('EINVAL')
+    return inode.target ?? ''
+  }
+
+  link (src: string, dst: string): void {
+    const ino = this.resolve(src)
+    const inode = this.inode(ino)
+    if (isDir(inode.mode)) throw fsErr('EPERM')
+    const { parent, name } = this.parentOf(dst)
+    this.meta.tx(() => {
+      if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
+      this.meta.addDirent(parent, name, ino)
+      const now = Date.now()
+      inode.nlink++
+      inode.ctime = now
+      this.meta.updateInode(inode)
+      const p = this.inode(parent)
+      p.mtime = p.ctime = now
+      this.meta.updateInode(p)
+    })
+    this.onChange()
+  }
+
+  async unlink (path: string): Promise<void> {
+    const { parent, name } = this.parentOf(path)
+    const ino = this.meta.lookup(parent, name)
+    if (ino === undefined) throw fsErr('ENOENT')
+    if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR')
+    const gone = this.meta.tx(() => this.dropName(parent, name, ino))
+    this.forget(path, false)
+    if (gone) await this.destroyInode(ino)
+    this.onChange()
+  }
+
+  rmdir (path: string): void {
+    const { parent, name } = this.parentOf(path)
+    if (name === '.') throw fsErr('EINVAL')
+    const ino = this.meta.lookup(parent, name)
+    if (ino === undefined) throw fsErr('ENOENT')
+    const inode = this.inode(ino)
+    if (!isDir(inode.mode)) throw fsErr('ENOTDIR')
+    if (this.meta.hasChildren(ino)) throw fsErr('ENOTEMPTY')
+    this.meta.tx(() => this.dropName(parent, name, ino))
+    this.forget(path, true)
+    this.onChange()
+  }
+
+  // Removes one name of ino inside a transaction. Returns true when the inode lost its last name and no
+  // handle holds it open, so its data can go.
+  private dropName (parent: number, name: string, ino: number): boolean {
+    const inode = this.inode(ino)
+    const now = Date.now()
+    this.meta.delDirent(parent, name)
+    const p = this.inode(parent)
+    p.mtime = p.ctime = now
+    if (isDir(inode.mode)) {
+      p.nlink--
+      inode.nlink = 0
+    } else {
+      inode.nlink--
+    }
+    this.meta.updateInode(p)
+    inode.ctime = now
+    this.meta.updateInode(inode)
+    if (inode.nlink > 0) return false
+    if ((this.openCount.get(ino) ?? 0) > 0) return false
+    if (isDir(inode.mode)) {
+      this.meta.deleteInode(ino)
+      return false
+    }
+    return true
+  }
+
+  private async destroyInode (ino: number): Promise<void> {
+    await this.withInode(ino, async () => {
+      let freed = 0
+      this.meta.tx(() => {
+        for (const e of this.meta.extentsFrom(ino, 0)) this.meta.unrefChunk(e.chunk)
+        this.meta.delExtentsFrom(ino, 0)
+        freed = this.meta.delDirtyFrom(ino, 0)
+        this.meta.deleteInode(ino)
+      })
+      this.wb.adjust(-freed * this.chunkSize)
+      this.writing.delete(ino)
+      await this.wb.remove(ino)
+    })
+    this.refreshLiveBytes()
+  }
+
+  async rename (src: string, dst: string, flags = 0): Promise<void> {
+    if (flags) throw fsErr('EINVAL')
+    const s = this.parentOf(src)
+    const d = this.parentOf(dst)
+    const ino = this.meta.lookup(s.parent, s.name)
+    if (ino === undefined) throw fsErr('ENOENT')
+    const inode = this.inode(ino)
+    const dir = isDir(inode.mode)
+    if (dir) {
+      // A directory cannot move into its own subtree.
+      for (let p = d.parent; ; p = this.inode(p).parent) {
+        if (p === ino) throw fsErr('EINVAL')
+        if (p === ROOT_INO) break
+      }
+    }
+    const existing = this.meta.lookup(d.parent, d.name)
+    if (existing === ino) return
+    let destroy = false
+    this.meta.tx(() => {
+      if (existing !== undefined) {
+        const target = this.inode(existing)
+        if (dir && !isDir(target.mode)) throw fsErr('ENOTDIR')
+        if (!dir && isDir(target.mode)) throw fsErr('EISDIR')
+        if (isDir(target.mode) && this.meta.hasChildren(existing)) throw fsErr('ENOTEMPTY')
+        destroy = this.dropName(d.parent, d.name, existing)
+      }
+      const now = Date.now()
+      this.meta.delDirent(s.parent, s.name)
+      this.meta.addDirent(d.parent, d.name, ino)
+      const sp = this.inode(s.parent)
+      sp.mtime = sp.ctime = now
+      if (dir && s.parent !== d.parent) sp.nlink--
+      this.meta.updateInode(sp)
+      const dp = this.inode(d.parent)
+      dp.mtime = dp.ctime = now
+      if (dir && s.parent !== d.parent) dp.nlink++
+      this.meta.updateInode(dp)
+      const moved = this.inode(ino)
+      moved.ctime = now
+      if (dir) moved.parent = d.parent
+      this.meta.updateInode(moved)
+    })
+    this.forget(src, dir)
+    this.forget(dst, true)
+    if (destroy && existing !== undefined) await this.destroyInode(existing)
+    this.onChange()
+  }
+
+  // ---- extended attributes ----
+
+  setxattr (path: string, name: string, value: Buffer, flags: number): void {
+    const ino = this.resolve(path)
+    if (Buffer.byteLength(name) > 255 || name.length === 0) throw fsErr('ERANGE')
+    if (value.length > MAX_XATTR_VALUE_BYTES) throw fsErr('E2BIG')
+    this.meta.tx(() => {
+      const has = this.meta.getXattr(ino, name) !== undefined
+      if ((flags & XATTR_CREATE) && has) throw fsErr('EEXIST')
+      if ((flags & XATTR_REPLACE) && !has) throw fsErr('ENODATA')
+      if (!has) {
+        const total = this.meta.listXattr(ino).reduce((a, n) => a + Buffer.byteLength(n) + 1, 0)
+        if (total + Buffer.byteLength(name) + 1 > MAX_XATTR_LIST_BYTES) throw fsErr('ENOSPC')
+      }
+      this.meta.setXattr(ino, name, Buffer.from(value))
+      const inode = this.inode(ino)
+      inode.ctime = Date.now()
+      this.meta.updateInode(inode)
+    })
+    this.onChange()
+  }
+
+  getxattr (path: string, name: string): Buffer {
+    const value = this.meta.getXattr(this.resolve(path), name)
+    if (value === undefined) throw fsErr('ENODATA')
+    return value
+  }
+
+  listxattr (path: string): string[] {
+    return this.meta.listXattr(this.resolve(path))
+  }
+
+  removexattr (path: string, name: string): void {
+    const ino = this.resolve(path)
+    this.meta.tx(() => {
+      if (!this.meta.delXattr(ino, name)) throw fsErr('ENODATA')
+      const inode = this.inode(ino)
+      inode.ctime = Date.now()
+      this.meta.updateInode(inode)
+    })
+    this.onChange()
+  }
+
+  // ---- open files ----
+
+  private handle (fh: number): Handle {
+    const h = this.handles.get(fh)
+    if (!h) throw fsErr('EBADF')
+    return h
+  }
+
+  private addHandle (ino: number, flags: number): number {
+    const fh = this.nextFh++
+    if (this.nextFh > 0x7fffffff) this.nextFh = 1
+    this.handles.set(fh, { ino, flags, wrote: false })
+    this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1)
+    return fh
+  }
+
+  create (path: string, mode: number): number {
+    const { parent, name } = this.parentOf(path)
+    const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777)))
+    this.onChange()
+    return this.addHandle(ino, 0)
+  }
+
+  async open (path: string, flags: number): Promise<number> {
+    const ino = this.resolve(path)
+    const inode = this.inode(ino)
+    if ((inode.mode & S_IFMT) === S_IFLNK) throw fsErr('ELOOP')
+    const fh = this.addHandle(ino, flags)
+    // O_TRUNC reaches the filesystem as a separate truncate call from the kernel.
+    return fh
+  }
+
+  opendir (path: string): number {
+    const ino = this.resolve(path)
+    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    return 0
+  }
+
+  async release (fh: number): Promise<void> {
+    const h = this.handles.get(fh)
+    if (!h) return
+    this.handles.delete(fh)
+    if (h.wrote) await this.makeDurable(h.ino)
+    const left = (this.openCount.get(h.ino) ?? 1) - 1
+    if (left > 0) {
+      this.openCount.set(h.ino, left)
+      return
+    }
+    this.openCount.delete(h.ino)
+    const inode = this.meta.getInode(h.ino)
+    if (inode && inode.nlink === 0) await this.destroyInode(h.ino)
+  }
+
+  async fsync (fh: number): Promise<void> {
+    await this.makeDurable(this.handle(fh).ino)
+  }
+
+  private async makeDurable (ino: number): Promise<void> {
+    await this.wb.sync(ino)
+    await this.syncMeta()
+  }
+
+  async read (fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const ino = this.handle(fh).ino
+    const inode = this.inode(ino)
+    if (pos >= inode.size) return 0
+    len = Math.min(len, inode.size - pos)
+    const CS = this.chunkSize
+    const first = Math.floor(pos / CS)
+    const last = Math.floor((pos + len - 1) / CS)
+    const jobs: Array<Promise<void>> = []
+    for (let blk = first; blk <= last; blk++) {
+      const bStart = blk * CS
+      const from = Math.max(pos, bStart)
+      const to = Math.min(pos + len, bStart + CS)
+      jobs.push(this.readBlockInto(ino, blk, buf, from - pos, from - bStart, to - from))
+    }
+    await Promise.all(jobs)
+    return len
+  }
+
+  // Copies bytes [inBlock, inBlock + n) of file block blk into buf at off.
+  private async readBlockInto (ino: number, blk: number, buf: Buffer, off: number, inBlock: number, n: number): Promise<void> {
+    if (this.meta.isDirty(ino, blk)) {
+      await this.wb.read(ino, blk * this.chunkSize + inBlock, n, buf, off)
+      return
+    }
+    const chunk = this.meta.getExtent(ino, blk)
+    if (!chunk) {
+      buf.fill(0, off, off + n)
+      return
+    }
+    const plain = await this.disk.readChunk(chunk)
+    const avail = Math.max(0, Math.min(n, plain.length - inBlock))
+    if (avail > 0) plain.copy(buf, off, inBlock, inBlock + avail)
+    if (avail < n) buf.fill(0, off + avail, off + n)
+  }
+
+  // The full image of a stored block, zero padded to the chunk size.
+  private async storedBlock (ino: number, blk: number): Promise<Buffer> {
+    const out = Buffer.alloc(this.chunkSize)
+    const chunk = this.meta.getExtent(ino, blk)
+    if (chunk) (await this.disk.readChunk(chunk)).copy(out)
+    return out
+  }
+
+  private genKey (ino: number, blk: number): string {
+    return ino + ':' + blk
+  }
+
+  private bump (ino: number, blk: number): void {
+    const k = this.genKey(ino, blk)
+    this.gens.set(k, (this.gens.get(k) ?? 0) + 1)
+  }
+
+  genOf (ino: number, blk: number): number {
+    return this.gens.get(this.genKey(ino, blk)) ?? 0
+  }
+
+  forgetGen (ino: number, blk: number): void {
+    this.gens.delete(this.genKey(ino, blk))
+  }
+
+  async write (fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const h = this.handle(fh)
+    if (pos + len > MAX_FILE_BYTES) throw fsErr('EFBIG')
+    if (len === 0) return 0
+    await this.wb.waitForRoom()
+    return this.withInode(h.ino, async () => {
+      const ino = h.ino
+      const inode = this.inode(ino)
+      if (h.flags & 0o2000) pos = inode.size // O_APPEND
+      const CS = this.chunkSize
+      const end = pos + len
+      const first = Math.floor(pos / CS)
+      const last = Math.floor((end - 1) / CS)
+      const fresh: number[] = []
+      for (let blk = first; blk <= last; blk++) if (!this.meta.isDirty(ino, blk)) fresh.push(blk)
+      if (fresh.length && this.liveBytes + this.wb.dirtyBytes + fresh.length * CS > this.disk.usableBytes()) {
+        throw fsErr('ENOSPC')
+      }
+      // A block becoming dirty gets its full current image first, unless this write covers every byte of
+      // it that the file holds.
+      for (const blk of fresh) {
+        const bStart = blk * CS
+        const covered = pos <= bStart && end >= Math.min(bStart + CS, inode.size)
+        if (!covered && this.meta.getExtent(ino, blk)) await this.wb.write(ino, await this.storedBlock(ino, blk), bStart)
+      }
+      await this.wb.write(ino, len === buf.length ? buf : buf.subarray(0, len), pos)
+      const now = Date.now()
+      this.meta.tx(() => {
+        for (const blk of fresh) this.meta.addDirty(ino, blk)
+        const cur = this.inode(ino)
+        if (end > cur.size) cur.size = end
+        cur.mtime = cur.ctime = now
+        // Writing clears set-user-ID and set-group-ID, as on any Linux filesystem.
+        if (cur.mode & 0o6000) cur.mode &= ~0o6000
+        this.meta.updateInode(cur)
+      })
+      for (let blk = first; blk <= last; blk++) this.bump(ino, blk)
+      this.wb.adjust(fresh.length * CS)
+      const w = this.writing.get(ino)
+      this.writing.set(ino, { at: now, maxBlk: Math.max(last, w?.maxBlk ?? 0) })
+      h.wrote = true
+      this.onChange()
+      return len
+    })
+  }
+
+  async truncate (path: string, size: number): Promise<void> {
+    await this.truncateIno(this.resolve(path), size)
+  }
+
+  async ftruncate (fh: number, size: number): Promise<void> {
+    const h = this.handle(fh)
+    h.wrote = true
+    await this.truncateIno(h.ino, size)
+  }
+
+  private async truncateIno (ino: number, size: number): Promise<void> {
+    if (size < 0) throw fsErr('EINVAL')
+    if (size > MAX_FILE_BYTES) throw fsErr('EFBIG')
+    const inode = this.inode(ino)
+    if (isDir(inode.mode)) throw fsErr('EISDIR')
+    if ((inode.mode & S_IFMT) !== S_IFREG) throw fsErr('EINVAL')
+    await this.withInode(ino, async () => {
+      const cur = this.inode(ino)
+      const CS = this.chunkSize
+      if (size < cur.size) {
+        const keep = Math.ceil(size / CS)
+        const partial = size % CS !== 0 ? Math.floor(size / CS) : -1
+        // The block that keeps a partial tail must be dirty so its bytes past the new end read as zeros.
+        let madeDirty = false
+        if (partial >= 0 && !this.meta.isDirty(ino, partial) && this.meta.getExtent(ino, partial)) {
+          await this.wb.write(ino, await this.storedBlock(ino, partial), partial * CS)
+          madeDirty = true
+        }
+        let dropped = 0
+        this.meta.tx(() => {
+          for (const e of this.meta.extentsFrom(ino, keep)) this.meta.unrefChunk(e.chunk)
+          this.meta.delExtentsFrom(ino, keep)
+          dropped = this.meta.delDirtyFrom(ino, keep)
+          if (madeDirty) this.meta.addDirty(ino, partial)
+        })
+        this.wb.adjust((madeDirty ? CS : 0) - dropped * CS)
+        if (partial >= 0) this.bump(ino, partial)
+        await this.wb.truncate(ino, size)
+        this.refreshLiveBytes()
+      }
+      const now = Date.now()
+      const after = this.inode(ino)
+      after.size = size
+      after.mtime = after.ctime = now
+      this.meta.updateInode(after)
+    })
+    this.onChange()
+  }
+
+  openHandles (): number {
+    return this.handles.size
+  }
+
+  isOpen (ino: number): boolean {
+    return (this.openCount.get(ino) ?? 0) > 0
+  }
+}
+
+export { FsError }

@@ -1,0 +1,302 @@
+// The local transactional metadata store (SQLite): inodes, directory entries, extended attributes, file
+// extents, the chunk index, the segment table and the dirty-block list of the write-back store.
+// Every filesystem operation is one transaction, so a killed daemon leaves a consistent tree.
+import Database from 'better-sqlite3'
+import fs from 'node:fs'
+
+export const ROOT_INO = 1
+
+export const SEG_FREE = 0
+export const SEG_OPEN = 1
+export const SEG_LIVE = 2
+// Emptied since the last checkpoint: the last checkpoint may still point into it, so it is kept until the
+// next checkpoint is stored.
+export const SEG_PENDING_FREE = 3
+
+export interface Inode {
+  ino: number
+  mode: number
+  uid: number
+  gid: number
+  nlink: number
+  size: number
+  atime: number
+  mtime: number
+  ctime: number
+  rdev: number
+  target: string | null
+  parent: number // directories only: the directory holding it
+}
+
+export interface ChunkLoc {
+  id: Buffer
+  slot: number
+  version: number
+  off: number
+  len: number
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inodes (
+  ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+  nlink INTEGER NOT NULL, size INTEGER NOT NULL, atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
+  rdev INTEGER NOT NULL DEFAULT 0, target TEXT, parent INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS dirents (parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
+  PRIMARY KEY (parent, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xattrs (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+  PRIMARY KEY (ino, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS extents (ino INTEGER NOT NULL, blk INTEGER NOT NULL, chunk BLOB NOT NULL,
+  PRIMARY KEY (ino, blk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirty (ino INTEGER NOT NULL, blk INTEGER NOT NULL, PRIMARY KEY (ino, blk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, slot INTEGER NOT NULL, off INTEGER NOT NULL,
+  len INTEGER NOT NULL, refs INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_slot ON chunks (slot);
+CREATE TABLE IF NOT EXISTS segments (slot INTEGER PRIMARY KEY, version INTEGER NOT NULL, state INTEGER NOT NULL,
+  used INTEGER NOT NULL, live INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_state ON segments (state, live);
+CREATE TABLE IF NOT EXISTS checkpoint_chunks (idx INTEGER PRIMARY KEY, chunk BLOB NOT NULL);
+`
+
+type Row = Record<string, unknown>
+
+export class MetaStore {
+  readonly db: Database.Database
+  private readonly st: Record<string, Database.Statement>
+
+  constructor (file: string | Buffer) {
+    this.db = typeof file === 'string' ? new Database(file) : new Database(file)
+    this.db.pragma('journal_mode = WAL')
+    // Durability against a killed process comes from WAL commits; against power loss, fsync/close sync
+    // the WAL file explicitly (see walFile).
+    this.db.pragma('synchronous = NORMAL')
+    this.db.pragma('cache_size = -32000')
+    this.db.exec(SCHEMA)
+    if (!this.getInodeRow(ROOT_INO)) {
+      const now = Date.now()
+      this.db.prepare('INSERT INTO inodes (ino, mode, uid, gid, nlink, size, atime, mtime, ctime, parent) VALUES (?, ?, ?, ?, 2, 0, ?, ?, ?, 1)')
+        .run(ROOT_INO, 0o040755, process.getuid?.() ?? 0, process.getgid?.() ?? 0, now, now, now)
+    }
+    const p = (sql: string): Database.Statement => this.db.prepare(sql)
+    this.st = {
+      getInode: p('SELECT * FROM inodes WHERE ino = ?'),
+      lookup: p('SELECT ino FROM dirents WHERE parent = ? AND name = ?'),
+      insertInode: p('INSERT INTO inodes (mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, target, parent) VALUES (@mode, @uid, @gid, @nlink, @size, @atime, @mtime, @ctime, @rdev, @target, @parent)'),
+      updateInode: p('UPDATE inodes SET mode = @mode, uid = @uid, gid = @gid, nlink = @nlink, size = @size, atime = @atime, mtime = @mtime, ctime = @ctime, parent = @parent WHERE ino = @ino'),
+      deleteInode: p('DELETE FROM inodes WHERE ino = ?'),
+      addDirent: p('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)'),
+      setDirent: p('INSERT OR REPLACE INTO dirents (parent, name, ino) VALUES (?, ?, ?)'),
+      delDirent: p('DELETE FROM dirents WHERE parent = ? AND name = ?'),
+      listDir: p('SELECT name, ino FROM dirents WHERE parent = ? ORDER BY name'),
+      hasChildren: p('SELECT 1 FROM dirents WHERE parent = ? LIMIT 1'),
+      getXattr: p('SELECT value FROM xattrs WHERE ino = ? AND name = ?'),
+      setXattr: p('INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)'),
+      delXattr: p('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
+      listXattr: p('SELECT name FROM xattrs WHERE ino = ? ORDER BY name'),
+      delXattrs: p('DELETE FROM xattrs WHERE ino = ?'),
+      getExtent: p('SELECT chunk FROM extents WHERE ino = ? AND blk = ?'),
+      setExtent: p('INSERT OR REPLACE INTO extents (ino, blk, chunk) VALUES (?, ?, ?)'),
+      delExtent: p('DELETE FROM extents WHERE ino = ? AND blk = ?'),
+      extentsFrom: p('SELECT blk, chunk FROM extents WHERE ino = ? AND blk >= ?'),
+      delExtentsFrom: p('DELETE FROM extents WHERE ino = ? AND blk >= ?'),
+      countExtents: p('SELECT count(*) AS n FROM extents WHERE ino = ?'),
+      isDirty: p('SELECT 1 FROM dirty WHERE ino = ? AND blk = ?'),
+      addDirty: p('INSERT OR IGNORE INTO dirty (ino, blk) VALUES (?, ?)'),
+      delDirty: p('DELETE FROM dirty WHERE ino = ? AND blk = ?'),
+      dirtyFrom: p('SELECT blk FROM dirty WHERE ino = ? AND blk >= ?'),
+      delDirtyFrom: p('DELETE FROM dirty WHERE ino = ? AND blk >= ?'),
+      allDirty: p('SELECT ino, blk FROM dirty ORDER BY ino, blk'),
+      countDirty: p('SELECT count(*) AS n FROM dirty'),
+      countDirtyIno: p('SELECT count(*) AS n FROM dirty WHERE ino = ?'),
+      getChunk: p('SELECT c.id, c.slot, c.off, c.len, s.version FROM chunks c JOIN segments s ON s.slot = c.slot WHERE c.id = ?'),
+      refChunk: p('UPDATE chunks SET refs = refs + 1 WHERE id = ?'),
+      unrefChunk: p('UPDATE chunks SET refs = refs - 1 WHERE id = ? RETURNING refs, slot, len'),
+      insertChunk: p('INSERT INTO chunks (id, slot, off, len, refs) VALUES (?, ?, ?, ?, 1)'),
+      deleteChunk: p('DELETE FROM chunks WHERE id = ?'),
+      moveChunk: p('UPDATE chunks SET slot = ?, off = ? WHERE id = ?'),
+      chunksInSlot: p('SELECT id, off, len FROM chunks WHERE slot = ?'),
+      addLive: p('UPDATE segments SET live = live + ? WHERE slot = ?'),
+      getSegment: p('SELECT * FROM segments WHERE slot = ?'),
+      kvGet: p('SELECT value FROM kv WHERE key = ?'),
+      kvSet: p('INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)')
+    }
+  }
+
+  close (): void {
+    this.db.close()
+  }
+
+  tx<T> (fn: () => T): T {
+    return this.db.transaction(fn)()
+  }
+
+  // The write-ahead log file, kept open by the caller to make commits durable with one fdatasync.
+  walFile (): string {
+    return this.db.name + '-wal'
+  }
+
+  kvGet (key: string): unknown {
+    return (this.st.kvGet.get(key) as Row | undefined)?.value
+  }
+
+  kvSet (key: string, value: unknown): void {
+    this.st.kvSet.run(key, value)
+  }
+
+  private getInodeRow (ino: number): Inode | undefined {
+    return this.db.prepare('SELECT * FROM inodes WHERE ino = ?').get(ino) as Inode | undefined
+  }
+
+  getInode (ino: number): Inode | undefined {
+    return this.st.getInode.get(ino) as Inode | undefined
+  }
+
+  lookup (parent: number, name: string): number | undefined {
+    return (this.st.lookup.get(parent, name) as Row | undefined)?.ino as number | undefined
+  }
+
+  createInode (attrs: Omit<Inode, 'ino'>): number {
+    return Number(this.st.insertInode.run(attrs).lastInsertRowid)
+  }
+
+  updateInode (inode: Inode): void {
+    this.st.updateInode.run(inode)
+  }
+
+  deleteInode (ino: number): void {
+    this.st.deleteInode.run(ino)
+    this.st.delXattrs.run(ino)
+  }
+
+  addDirent (parent: number, name: string, ino: number): void {
+    this.st.addDirent.run(parent, name, ino)
+  }
+
+  setDirent (parent: number, name: string, ino: number): void {
+    this.st.setDirent.run(parent, name, ino)
+  }
+
+  delDirent (parent: number, name: string): void {
+    this.st.delDirent.run(parent, name)
+  }
+
+  listDir (ino: number): Array<{ name: string, ino: number }> {
+    return this.st.listDir.all(ino) as Array<{ name: string, ino: number }>
+  }
+
+  hasChildren (ino: number): boolean {
+    return this.st.hasChildren.get(ino) !== undefined
+  }
+
+  getXattr (ino: number, name: string): Buffer | undefined {
+    return (this.st.getXattr.get(ino, name) as Row | undefined)?.value as Buffer | undefined
+  }
+
+  setXattr (ino: number, name: string, value: Buffer): void {
+    this.st.setXattr.run(ino, name, value)
+  }
+
+  delXattr (ino: number, name: string): boolean {
+    return this.st.delXattr.run(ino, name).changes > 0
+  }
+
+  listXattr (ino: number): string[] {
+    return (this.st.listXattr.all(ino) as Row[]).map(r => r.name as string)
+  }
+
+  getExtent (ino: number, blk: number): Buffer | undefined {
+    return (this.st.getExtent.get(ino, blk) as Row | undefined)?.chunk as Buffer | undefined
+  }
+
+  setExtent (ino: number, blk: number, chunk: Buffer): void {
+    this.st.setExtent.run(ino, blk, chunk)
+  }
+
+  delExtent (ino: number, blk: number): void {
+    this.st.delExtent.run(ino, blk)
+  }
+
+  extentsFrom (ino: number, blk: number): Array<{ blk: number, chunk: Buffer }> {
+    return this.st.extentsFrom.all(ino, blk) as Array<{ blk: number, chunk: Buffer }>
+  }
+
+  delExtentsFrom (ino: number, blk: number): void {
+    this.st.delExtentsFrom.run(ino, blk)
+  }
+
+  extentCount (ino: number): number {
+    return (this.st.countExtents.get(ino) as Row).n as number
+  }
+
+  isDirty (ino: number, blk: number): boolean {
+    return this.st.isDirty.get(ino, blk) !== undefined
+  }
+
+  addDirty (ino: number, blk: number): boolean {
+    return this.st.addDirty.run(ino, blk).changes > 0
+  }
+
+  delDirty (ino: number, blk: number): boolean {
+    return this.st.delDirty.run(ino, blk).changes > 0
+  }
+
+  dirtyFrom (ino: number, blk: number): number[] {
+    return (this.st.dirtyFrom.all(ino, blk) as Row[]).map(r => r.blk as number)
+  }
+
+  delDirtyFrom (ino: number, blk: number): number {
+    return this.st.delDirtyFrom.run(ino, blk).changes
+  }
+
+  allDirty (): Array<{ ino: number, blk: number }> {
+    return this.st.allDirty.all() as Array<{ ino: number, blk: number }>
+  }
+
+  dirtyCount (ino?: number): number {
+    const row = (ino === undefined ? this.st.countDirty.get() : this.st.countDirtyIno.get(ino)) as Row
+    return row.n as number
+  }
+
+  getChunk (id: Buffer): ChunkLoc | undefined {
+    return this.st.getChunk.get(id) as ChunkLoc | undefined
+  }
+
+  // Adds a reference to a chunk; creates it at loc when it is new. Returns false when the chunk is unknown
+  // and no location was given.
+  refChunk (id: Buffer, loc?: { slot: number, off: number, len: number }): boolean {
+    if (this.st.refChunk.run(id).changes > 0) return true
+    if (!loc) return false
+    this.st.insertChunk.run(id, loc.slot, loc.off, loc.len)
+    this.st.addLive.run(loc.len, loc.slot)
+    return true
+  }
+
+  unrefChunk (id: Buffer): void {
+    const row = this.st.unrefChunk.get(id) as Row | undefined
+    if (!row || (row.refs as number) > 0) return
+    this.st.deleteChunk.run(id)
+    this.st.addLive.run(-(row.len as number), row.slot as number)
+  }
+
+  moveChunk (id: Buffer, fromSlot: number, len: number, slot: number, off: number): void {
+    if (this.st.moveChunk.run(slot, off, id).changes === 0) return
+    this.st.addLive.run(-len, fromSlot)
+    this.st.addLive.run(len, slot)
+  }
+
+  chunksInSlot (slot: number): Array<{ id: Buffer, off: number, len: number }> {
+    return this.st.chunksInSlot.all(slot) as Array<{ id: Buffer, off: number, len: number }>
+  }
+
+  getSegment (slot: number): { slot: number, version: number, state: number, used: number, live: number } | undefined {
+    return this.st.getSegment.get(slot) as { slot: number, version: number, state: number, used: number, live: number } | undefined
+  }
+
+  serialize (): Buffer {
+    return this.db.serialize()
+  }
+}
+
+export function removeDbFiles (file: string): void {
+  for (const f of [file, file + '-wal', file + '-shm']) fs.rmSync(f, { force: true })
+}

@@ -1,0 +1,41 @@
+// Loads fuse-native. fuse-native's prebuilt addon needs libfuse.so.2 and fusermount, which a fresh machine
+// lacks; its own dependency fuse-shared-library ships both. When the system has no libfuse.so.2, that
+// library is loaded globally first by the project's own small addon (native/preload.c), so the addon's
+// dependency resolves to it, and its bin folder, holding fusermount, goes on PATH.
+import path from 'node:path'
+import { createRequire } from 'node:module'
+import type FuseClass from 'fuse-native'
+import { CoopError } from '../errors.js'
+
+const require = createRequire(import.meta.url)
+let loaded: typeof FuseClass | null = null
+export let libfuseSource = 'system'
+
+export function loadFuse (): typeof FuseClass {
+  if (loaded) return loaded
+  try {
+    loaded = require('fuse-native') as typeof FuseClass
+    return loaded
+  } catch (err) {
+    if (!/libfuse/.test(String((err as Error).message))) throw err
+  }
+  const shared = require('fuse-shared-library-linux') as { lib: string }
+  let preload: { loadGlobal: (file: string) => void }
+  try {
+    preload = require('../../native/build/Release/coopfs_preload.node') as typeof preload
+  } catch {
+    throw new CoopError('ENOFUSE', 'this system has no libfuse.so.2 and the coopfs_preload addon was not built: run npm install again (it needs make and a C compiler), or install libfuse2')
+  }
+  preload.loadGlobal(shared.lib)
+  const bin = path.join(path.dirname(shared.lib), '..', 'bin')
+  process.env.PATH = bin + path.delimiter + (process.env.PATH ?? '')
+  libfuseSource = 'bundled'
+  loaded = require('fuse-native') as typeof FuseClass
+  return loaded
+}
+
+// The folder of the bundled fusermount, for commands that unmount without loading fuse-native.
+export function bundledFusermountDir (): string {
+  const shared = require('fuse-shared-library-linux') as { lib: string }
+  return path.join(path.dirname(shared.lib), '..', 'bin')
+}

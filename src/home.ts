@@ -1,0 +1,120 @@
+// The home folder: identity, configuration, metadata store, write-back store, daemon files.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { CoopError } from './errors.js'
+import { FORMAT_VERSION } from './config.js'
+
+export interface PartnerEntry {
+  id: string // hex, 32 bytes: the partner's identity, bound into every block's keyed hash
+  kind: 'local'
+  path: string
+}
+
+export interface HomeConfig {
+  format: number
+  publicKey: string
+  k: number
+  m: number
+  blockSize: number
+  chunkSize: number
+  slots: number
+  partners: PartnerEntry[]
+}
+
+export function resolveHome (flag?: string): string {
+  if (flag) return path.resolve(flag)
+  if (process.env.COOPFS_HOME) return path.resolve(process.env.COOPFS_HOME)
+  const data = process.env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share')
+  return path.join(data, 'coopfs')
+}
+
+export class Home {
+  readonly dir: string
+  constructor (dir: string) {
+    this.dir = dir
+  }
+
+  get configFile (): string { return path.join(this.dir, 'config.json') }
+  get keyFile (): string { return path.join(this.dir, 'key.json') }
+  get metaFile (): string { return path.join(this.dir, 'meta.db') }
+  get writebackDir (): string { return path.join(this.dir, 'writeback') }
+  get socketFile (): string { return path.join(this.dir, 'daemon.sock') }
+  get pidFile (): string { return path.join(this.dir, 'daemon.pid') }
+  get logFile (): string { return path.join(this.dir, 'daemon.log') }
+  get partnersDir (): string { return path.join(this.dir, 'partners') }
+
+  exists (): boolean {
+    return fs.existsSync(this.configFile) && fs.existsSync(this.keyFile)
+  }
+
+  readConfig (): HomeConfig {
+    let text: string
+    try {
+      text = fs.readFileSync(this.configFile, 'utf8')
+    } catch {
+      throw new CoopError('ENOIDENTITY', `no coopfs identity in ${this.dir}: run 'coopfs init' first (or pass --home)`)
+    }
+    const cfg = JSON.parse(text) as HomeConfig
+    if (cfg.format !== FORMAT_VERSION) throw new CoopError('EFORMAT', `${this.configFile} has format ${cfg.format}; this coopfs reads format ${FORMAT_VERSION}`)
+    return cfg
+  }
+
+  writeConfig (cfg: HomeConfig): void {
+    writeFileAtomic(this.configFile, JSON.stringify(cfg, null, 2) + '\n', 0o600)
+  }
+
+  readSecret (): Buffer {
+    let text: string
+    try {
+      text = fs.readFileSync(this.keyFile, 'utf8')
+    } catch {
+      throw new CoopError('ENOIDENTITY', `no key file in ${this.dir}: run 'coopfs init' first (or pass --home)`)
+    }
+    const parsed = JSON.parse(text) as { format: number, secret: string }
+    return Buffer.from(parsed.secret, 'hex')
+  }
+
+  writeSecret (secret: Buffer): void {
+    writeFileAtomic(this.keyFile, JSON.stringify({ format: FORMAT_VERSION, secret: secret.toString('hex') }) + '\n', 0o600)
+  }
+
+  // The pid of a live daemon using this home, or 0.
+  daemonPid (): number {
+    let pid: number
+    try {
+      pid = Number(fs.readFileSync(this.pidFile, 'utf8').trim())
+    } catch {
+      return 0
+    }
+    if (!pid) return 0
+    try {
+      process.kill(pid, 0)
+      return pid
+    } catch {
+      return 0
+    }
+  }
+}
+
+export function writeFileAtomic (file: string, data: string | Buffer, mode = 0o644): void {
+  const tmp = file + '.tmp-' + process.pid
+  const fd = fs.openSync(tmp, 'w', mode)
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data)
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.renameSync(tmp, file)
+  fsyncDir(path.dirname(file))
+}
+
+export function fsyncDir (dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}

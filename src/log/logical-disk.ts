@@ -1,0 +1,248 @@
+// The log-structured logical disk: sealed chunks are appended into segments (one segment = the k data
+// blocks of one stripe), segments are written to the partner set whole, and chunks are read back through
+// a block cache and a plaintext chunk cache.
+import { LRUCache } from 'lru-cache'
+import { CoopError } from '../errors.js'
+import { keyedHash, sealChunk, openChunk } from '../crypto/seal.js'
+import { MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
+import { MetaStore, SEG_FREE, SEG_OPEN, SEG_LIVE, SEG_PENDING_FREE, type ChunkLoc } from '../fs/meta-store.js'
+import { Lock } from './lock.js'
+import type { Keys } from '../crypto/keys.js'
+import type { PartnerSet } from '../partners/partner-set.js'
+
+export interface Loc {
+  slot: number
+  off: number
+  len: number
+}
+
+type Commit = (loc: Loc) => void
+
+interface OpenSegment {
+  slot: number
+  version: number
+  buf: Buffer
+  fill: number
+  pending: Array<{ loc: Loc, commit: Commit }>
+  byId: Map<string, Loc>
+  openedAt: number
+}
+
+export interface LogicalDiskOptions {
+  meta: MetaStore
+  partners: PartnerSet
+  keys: Keys
+  slots: number
+  cacheBytes: number
+}
+
+
+export class LogicalDisk {
+  readonly meta: MetaStore
+  readonly partners: PartnerSet
+  readonly keys: Keys
+  readonly slots: number
+  readonly blockSize: number
+  readonly segmentBytes: number
+  readonly reservedSlots: number
+  readonly lock = new Lock()
+  private open: OpenSegment | null = null
+  // Checkpoints and the cleaner may use the reserved slots; file data may not.
+  useReserve = false
+  private readonly chunkCache: LRUCache<string, Buffer>
+  private readonly blockCache: LRUCache<string, Buffer>
+  stats = { stripesWritten: 0, bytesWritten: 0, chunkReads: 0, cacheHits: 0 }
+
+  constructor ({ meta, partners, keys, slots, cacheBytes }: LogicalDiskOptions) {
+    this.meta = meta
+    this.partners = partners
+    this.keys = keys
+    this.slots = slots
+    this.blockSize = partners.blockSize
+    this.segmentBytes = partners.k * partners.blockSize
+    this.reservedSlots = Math.max(MIN_RESERVED_SLOTS, Math.ceil(slots * RESERVED_FRACTION))
+    const sizeCalculation = (b: Buffer): number => b.length || 1
+    this.chunkCache = new LRUCache<string, Buffer>({ maxSize: Math.max(1, Math.floor(cacheBytes / 2)), sizeCalculation })
+    this.blockCache = new LRUCache<string, Buffer>({ maxSize: Math.max(1, Math.floor(cacheBytes / 2)), sizeCalculation })
+    // A segment that was being filled when the daemon died was never committed: nothing points into it.
+    meta.db.prepare('UPDATE segments SET state = ? WHERE state = ?').run(SEG_FREE, SEG_OPEN)
+  }
+
+  chunkId (plain: Buffer): Buffer {
+    return keyedHash(this.keys.chunkIdKey, plain)
+  }
+
+  seal (id: Buffer, plain: Buffer): Buffer {
+    return sealChunk(this.keys.dataKey, id, plain)
+  }
+
+  // Bytes the file data may occupy: the slots not held back for checkpoints and the cleaner.
+  usableBytes (): number {
+    return (this.slots - this.reservedSlots) * this.segmentBytes
+  }
+
+  liveBytes (): number {
+    const row = this.meta.db.prepare('SELECT coalesce(sum(live), 0) AS n FROM segments').get() as { n: number }
+    return row.n
+  }
+
+  slotCounts (): { free: number, live: number, pendingFree: number } {
+    const rows = this.meta.db.prepare('SELECT state, count(*) AS n FROM segments GROUP BY state').all() as Array<{ state: number, n: number }>
+    const by = new Map(rows.map(r => [r.state, r.n]))
+    const known = rows.reduce((a, r) => a + r.n, 0)
+    return {
+      free: (by.get(SEG_FREE) ?? 0) + (this.slots - known),
+      live: (by.get(SEG_LIVE) ?? 0) + (by.get(SEG_OPEN) ?? 0),
+      pendingFree: by.get(SEG_PENDING_FREE) ?? 0
+    }
+  }
+
+  private allocate (): { slot: number, version: number } {
+    const db = this.meta.db
+    const base = Number(this.meta.kvGet('versionBase') ?? 0)
+    if (!this.useReserve && this.slotCounts().free <= Math.floor(this.reservedSlots / 2)) {
+      throw new CoopError('ENOSPC', 'the logical disk is full')
+    }
+    const free = db.prepare('SELECT slot, version FROM segments WHERE state = ? ORDER BY slot LIMIT 1').get(SEG_FREE) as { slot: number, version: number } | undefined
+    if (free) {
+      const version = Math.max(free.version, base) + 1
+      db.prepare('UPDATE segments SET state = ?, version = ?, used = 0, live = 0 WHERE slot = ?').run(SEG_OPEN, version, free.slot)
+      return { slot: free.slot, version }
+    }
+    const next = (db.prepare('SELECT coalesce(max(slot) + 1, 0) AS n FROM segments').get() as { n: number }).n
+    if (next >= this.slots) throw new CoopError('ENOSPC', 'the logical disk has no free segment')
+    db.prepare('INSERT INTO segments (slot, version, state, used, live) VALUES (?, ?, ?, 0, 0)').run(next, base + 1, SEG_OPEN)
+    return { slot: next, version: base + 1 }
+  }
+
+  // Appends a sealed chunk to the open segment; commit runs inside the transaction that records the
+  // segment as written, so nothing refers to a chunk before its stripe is durable. Caller holds the lock.
+  async append (id: Buffer, sealed: Buffer, commit: Commit): Promise<void> {
+    if (sealed.length > this.segmentBytes) throw new CoopError('EINVAL', 'chunk larger than a segment')
+    const key = id.toString('hex')
+    if (this.open && this.open.fill + sealed.length > this.segmentBytes) await this.flush()
+    if (!this.open) {
+      const { slot, version } = this.allocate()
+      this.open = { slot, version, buf: Buffer.alloc(this.segmentBytes), fill: 0, pending: [], byId: new Map(), openedAt: Date.now() }
+    }
+    const seg = this.open
+    let loc = seg.byId.get(key)
+    if (!loc) {
+      loc = { slot: seg.slot, off: seg.fill, len: sealed.length }
+      sealed.copy(seg.buf, seg.fill)
+      seg.fill += sealed.length
+      seg.byId.set(key, loc)
+    }
+    seg.pending.push({ loc, commit })
+  }
+
+  hasOpenSegment (): boolean {
+    return this.open !== null
+  }
+
+  openSlot (): number {
+    return this.open ? this.open.slot : -1
+  }
+
+  // How long the open segment has been filling; 0 when there is none.
+  openAgeMs (): number {
+    return this.open ? Date.now() - this.open.openedAt : 0
+  }
+
+  // Writes the open segment (padded with zeros) to the partners and commits what was waiting on it.
+  async flush (): Promise<void> {
+    const seg = this.open
+    if (!seg) return
+    this.open = null
+    try {
+      await this.partners.writeStripe(seg.slot, seg.version, seg.buf)
+    } catch (err) {
+      this.meta.db.prepare('UPDATE segments SET state = ? WHERE slot = ?').run(SEG_FREE, seg.slot)
+      throw err
+    }
+    this.stats.stripesWritten++
+    this.stats.bytesWritten += seg.fill
+    this.meta.tx(() => {
+      this.meta.db.prepare('UPDATE segments SET state = ?, used = ? WHERE slot = ?').run(SEG_LIVE, seg.fill, seg.slot)
+      for (const p of seg.pending) p.commit(p.loc)
+    })
+  }
+
+  // Segments whose every chunk is gone wait for the next checkpoint before they can be reused.
+  retireEmptySegments (): number {
+    return this.meta.db.prepare('UPDATE segments SET state = ? WHERE state = ? AND live <= 0').run(SEG_PENDING_FREE, SEG_LIVE).changes
+  }
+
+  releasePendingFree (): number {
+    return this.meta.db.prepare('UPDATE segments SET state = ?, used = 0, live = 0 WHERE state = ?').run(SEG_FREE, SEG_PENDING_FREE).changes
+  }
+
+
+  async readChunk (id: Buffer): Promise<Buffer> {
+    const key = id.toString('hex')
+    const hit = this.chunkCache.get(key)
+    this.stats.chunkReads++
+    if (hit) {
+      this.stats.cacheHits++
+      return hit
+    }
+    let loc = this.meta.getChunk(id)
+    if (!loc) throw new CoopError('EIO', `chunk ${key.slice(0, 16)} is not in the chunk index`)
+    let plain: Buffer | null
+    try {
+      plain = openChunk(this.keys.dataKey, id, await this.readSealed(loc))
+    } catch (err) {
+      // The cleaner may have moved the chunk while it was being read: look it up once more.
+      const again = this.meta.getChunk(id)
+      if (!again || (again.slot === loc.slot && again.version === loc.version)) throw err
+      loc = again
+      plain = openChunk(this.keys.dataKey, id, await this.readSealed(loc))
+    }
+    if (!plain) throw new CoopError('EIO', `chunk ${key.slice(0, 16)} failed authentication`)
+    this.chunkCache.set(key, plain)
+    return plain
+  }
+
+  async readSealed (loc: ChunkLoc | (Loc & { version: number })): Promise<Buffer> {
+    const B = this.blockSize
+    const first = Math.floor(loc.off / B)
+    const last = Math.floor((loc.off + loc.len - 1) / B)
+    const data = await this.readBlocks(loc.slot, loc.version, first, last)
+    const start = loc.off - first * B
+    return data.subarray(start, start + loc.len)
+  }
+
+  private async readBlocks (slot: number, version: number, first: number, last: number): Promise<Buffer> {
+    const keyOf = (i: number): string => `${slot}:${version}:${i}`
+    const parts: Array<Buffer | undefined> = []
+    let lo = -1
+    let hi = -1
+    for (let i = first; i <= last; i++) {
+      const b = this.blockCache.get(keyOf(i))
+      parts.push(b)
+      if (!b) {
+        if (lo < 0) lo = i
+        hi = i
+      }
+    }
+    if (lo >= 0) {
+      const fetched = await this.partners.readData(slot, version, lo, hi)
+      for (let i = lo; i <= hi; i++) {
+        const b = fetched.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize)
+        this.blockCache.set(keyOf(i), b)
+        parts[i - first] = b
+      }
+    }
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts as Buffer[])
+  }
+
+  dropCaches (): void {
+    this.chunkCache.clear()
+    this.blockCache.clear()
+  }
+
+  cacheBytes (): number {
+    return this.chunkCache.calculatedSize + this.blockCache.calculatedSize
+  }
+}
+

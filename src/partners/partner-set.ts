@@ -1,0 +1,155 @@
+// The partner set: places the n blocks of each stripe (one per partner, all at the same slot), waits for w
+// acknowledgements, reads data blocks back (systematic first, decoding from any k when needed) and keeps
+// the master block on every partner.
+import { CoopError } from '../errors.js'
+import { sealBlock, checkBlock, blockPayload, type BlockCheck } from '../stripe/block.js'
+import type { ReedSolomon } from '../stripe/reed-solomon.js'
+import type { Partner } from './partner.js'
+
+const MAX_DAMAGE_RECORDS = 100
+
+export interface DamageRecord {
+  slot: number
+  block: number
+  partner: string
+  problem: Exclude<BlockCheck, 'ok'>
+  at: string
+}
+
+export interface PartnerSetOptions {
+  partners: Partner[]
+  k: number
+  m: number
+  blockSize: number
+  integrityKey: Buffer
+  rs: ReedSolomon
+  writeQuorum?: number
+}
+
+export class PartnerSet {
+  readonly partners: Partner[]
+  readonly k: number
+  readonly m: number
+  readonly n: number
+  readonly blockSize: number
+  readonly writeQuorum: number
+  readonly damage: DamageRecord[] = []
+  damageCount = 0
+  private readonly integrityKey: Buffer
+  private readonly rs: ReedSolomon
+
+  constructor ({ partners, k, m, blockSize, integrityKey, rs, writeQuorum = Math.max(k, k + m - 1) }: PartnerSetOptions) {
+    if (partners.length !== k + m) throw new CoopError('EPARTNERS', `a k=${k}, m=${m} stripe needs ${k + m} partners; ${partners.length} configured`)
+    this.partners = partners
+    this.k = k
+    this.m = m
+    this.n = k + m
+    this.blockSize = blockSize
+    this.writeQuorum = writeQuorum
+    this.integrityKey = integrityKey
+    this.rs = rs
+  }
+
+  // Rotating placement spreads data blocks (the ones read first) over every partner.
+  partnerFor (slot: number, index: number): Partner {
+    return this.partners[(index + slot) % this.n]
+  }
+
+  // data holds the k data blocks of the stripe back to back.
+  async writeStripe (slot: number, version: number, data: Buffer): Promise<void> {
+    const shards: Buffer[] = []
+    for (let i = 0; i < this.k; i++) shards.push(data.subarray(i * this.blockSize, (i + 1) * this.blockSize))
+    const parity = await this.rs.encode(shards)
+    const all = shards.concat(parity)
+    let acks = 0
+    let failures = 0
+    const errors: string[] = []
+    await new Promise<void>((resolve, reject) => {
+      all.forEach((payload, i) => {
+        const p = this.partnerFor(slot, i)
+        const block = sealBlock(this.integrityKey, p.id, slot, version, payload)
+        p.writeBlock(slot, block).then(() => {
+          if (++acks === this.writeQuorum) resolve()
+        }, (err: Error) => {
+          errors.push(`${p.label}: ${err.message}`)
+          if (++failures > this.n - this.writeQuorum) {
+            reject(new CoopError('EWRITE', `stripe ${slot} reached only ${acks} of ${this.writeQuorum} partners (${errors.join('; ')})`))
+          }
+        })
+      })
+    })
+  }
+
+  // Returns data blocks first..last (inclusive) of the stripe, back to back, verified.
+  async readData (slot: number, version: number, first: number, last: number): Promise<Buffer> {
+    const wanted: number[] = []
+    for (let i = first; i <= last; i++) wanted.push(i)
+    const shards: (Buffer | null)[] = new Array(this.n).fill(null)
+    const tried = new Set<number>()
+    const fetch = async (indexes: number[]): Promise<void> => {
+      await Promise.all(indexes.map(async i => {
+        tried.add(i)
+        shards[i] = await this.fetchBlock(slot, version, i)
+      }))
+    }
+    await fetch(wanted)
+    if (wanted.every(i => shards[i] !== null)) return concat(wanted.map(i => shards[i]!))
+
+    const rest: number[] = []
+    for (let i = 0; i < this.n; i++) if (!tried.has(i)) rest.push(i)
+    await fetch(rest)
+    const present = shards.filter(s => s !== null).length
+    if (present < this.k) {
+      throw new CoopError('EIO', `stripe ${slot}: only ${present} of the ${this.k} blocks needed could be read and verified`)
+    }
+    const rebuilt = await this.rs.reconstruct(shards, wanted)
+    return concat(rebuilt)
+  }
+
+  private async fetchBlock (slot: number, version: number, index: number): Promise<Buffer | null> {
+    const p = this.partnerFor(slot, index)
+    let block: Buffer | null = null
+    try {
+      block = await p.readBlock(slot)
+    } catch {
+      block = null
+    }
+    const check = checkBlock(this.integrityKey, p.id, slot, version, block)
+    if (check === 'ok') return blockPayload(block!)
+    this.recordDamage({ slot, block: index, partner: p.label, problem: check, at: new Date().toISOString() })
+    return null
+  }
+
+  private recordDamage (d: DamageRecord): void {
+    this.damageCount++
+    this.damage.push(d)
+    if (this.damage.length > MAX_DAMAGE_RECORDS) this.damage.shift()
+  }
+
+  async flush (): Promise<void> {
+    await Promise.all(this.partners.map(p => p.flush()))
+  }
+
+  // The master block goes to every partner; it counts as stored once w of them hold it.
+  async putMaster (data: Buffer): Promise<number> {
+    const results = await Promise.allSettled(this.partners.map(p => p.putMaster(data)))
+    const ok = results.filter(r => r.status === 'fulfilled').length
+    if (ok < this.writeQuorum) throw new CoopError('EWRITE', `the master block reached only ${ok} of ${this.writeQuorum} partners`)
+    return ok
+  }
+
+  async getMasters (): Promise<Buffer[]> {
+    const results = await Promise.allSettled(this.partners.map(p => p.getMaster()))
+    const out: Buffer[] = []
+    for (const r of results) if (r.status === 'fulfilled' && r.value) out.push(r.value)
+    return out
+  }
+
+  async close (): Promise<void> {
+    await Promise.all(this.partners.map(p => p.close()))
+  }
+}
+
+function concat (bufs: Buffer[]): Buffer {
+  return bufs.length === 1 ? bufs[0] : Buffer.concat(bufs)
+}
