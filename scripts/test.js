@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+// Runs every test file in its own process (brittle over tsx), one after another, and ends with the line
+// CI reads: "N passed, N failed, N skipped". Exits non-zero when anything failed.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..')
+const FILE_TIMEOUT_MS = Number(process.env.COOPFS_TEST_FILE_TIMEOUT_MS || 300_000)
+
+const only = process.argv.slice(2)
+const files = fs.readdirSync(path.join(ROOT, 'test'))
+  .filter(f => f.endsWith('.test.ts'))
+  .filter(f => only.length === 0 || only.some(o => f.includes(o)))
+  .sort()
+
+let passed = 0
+let failed = 0
+let skipped = 0
+
+for (const file of files) {
+  const started = Date.now()
+  const res = await runFile(path.join('test', file))
+  const secs = ((Date.now() - started) / 1000).toFixed(1)
+  passed += res.passed
+  failed += res.failed
+  skipped += res.skipped
+  const crashed = res.code !== 0 && res.failed === 0
+  if (crashed) failed++
+  const mark = res.failed || crashed ? 'FAIL' : 'ok  '
+  console.log(`${mark} ${file}: ${res.passed} passed, ${res.failed} failed, ${res.skipped} skipped (${secs}s)${crashed ? ` - exited with ${res.code}${res.timedOut ? ' after the time limit' : ''}` : ''}`)
+  if (res.failed || crashed) process.stdout.write(indent(res.output.slice(-8000)))
+}
+
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`)
+process.exitCode = failed ? 1 : 0
+
+function runFile (file) {
+  return new Promise(resolve => {
+    const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: process.env })
+    let output = ''
+    child.stdout.on('data', d => { output += d })
+    child.stderr.on('data', d => { output += d })
+    let timedOut = false
+    const timer = setTimeout(() => { timedOut = true; child.kill('SIGKILL') }, FILE_TIMEOUT_MS)
+    child.on('close', code => {
+      clearTimeout(timer)
+      let p = 0; let f = 0; let s = 0
+      for (const line of output.split('\n')) {
+        // Top-level results only: brittle indents subtests.
+        const m = /^(not ok|ok) \d+ /.exec(line)
+        if (!m) continue
+        if (/# (SKIP|TODO)\b/i.test(line)) s++
+        else if (m[1] === 'ok') p++
+        else f++
+      }
+      resolve({ passed: p, failed: f, skipped: s, code: code ?? 1, output, timedOut })
+    })
+  })
+}
+
+function indent (text) {
+  return text.split('\n').map(l => '    ' + l).join('\n') + '\n'
+}

@@ -1,0 +1,118 @@
+// Shared test helpers: temporary homes, the real CLI run as another process, real mounts.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const BIN = path.join(ROOT, 'bin', 'coopfs.js')
+
+export interface Run {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+interface Teardown {
+  teardown: (fn: () => unknown) => void
+}
+
+export function tmpdir (prefix = 'coopfs-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+// Runs a program to completion in another process.
+export function run (cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv, input?: string, cwd?: string } = {}): Promise<Run> {
+  return new Promise(resolve => {
+    const child = spawn(cmd, args, { env: { ...process.env, ...opts.env }, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', d => { stdout += d })
+    child.stderr.on('data', d => { stderr += d })
+    child.stdin.end(opts.input ?? '')
+    child.on('close', code => resolve({ code: code ?? 1, stdout, stderr }))
+  })
+}
+
+export function cli (args: string[], env?: NodeJS.ProcessEnv): Promise<Run> {
+  return run(process.execPath, [BIN, ...args], { env })
+}
+
+export function sh (script: string, env?: NodeJS.ProcessEnv): Promise<Run> {
+  return run('bash', ['-c', script], { env })
+}
+
+export interface Setup {
+  dir: string
+  home: string
+  mnt: string
+  recoveryKey: string
+  publicKey: string
+}
+
+// A new identity with local partners under a fresh temporary folder.
+// With partnersOutside, the partner areas live beside the home rather than in it, so the home can be
+// lost on its own.
+export async function init (t: Teardown, opts: { slots?: number, k?: number, m?: number, partnersOutside?: boolean } = {}): Promise<Setup> {
+  const dir = tmpdir()
+  const home = path.join(dir, 'home')
+  const args = ['init', '--home', home, '--json', '--slots', String(opts.slots ?? 512)]
+  if (opts.k) args.push('--k', String(opts.k))
+  if (opts.m !== undefined) args.push('--m', String(opts.m))
+  if (opts.partnersOutside) {
+    const n = (opts.k ?? 4) + (opts.m ?? 2)
+    args.push('--local-partners', Array.from({ length: n }, (_, i) => path.join(dir, 'partners', `p${i}`)).join(','))
+  }
+  const r = await cli(args)
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`)
+  const info = JSON.parse(r.stdout) as { recoveryKey: string, publicKey: string }
+  const mnt = path.join(dir, 'mnt')
+  fs.mkdirSync(mnt)
+  t.teardown(async () => {
+    await unmountQuietly(mnt)
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return { dir, home, mnt, recoveryKey: info.recoveryKey, publicKey: info.publicKey }
+}
+
+export async function mount (s: { home: string, mnt: string }, extra: string[] = []): Promise<void> {
+  const r = await cli(['mount', s.mnt, '--home', s.home, ...extra])
+  if (r.code !== 0) throw new Error(`mount failed: ${r.stderr}`)
+}
+
+export async function unmount (mnt: string): Promise<void> {
+  const r = await cli(['unmount', mnt])
+  if (r.code !== 0) throw new Error(`unmount failed: ${r.stderr}`)
+}
+
+export async function unmountQuietly (mnt: string): Promise<void> {
+  if (!isMounted(mnt)) return
+  const r = await cli(['unmount', mnt])
+  if (r.code !== 0) await run('fusermount', ['-uz', mnt], { env: { PATH: fusermountPath() } })
+}
+
+export function isMounted (mnt: string): boolean {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
+  return text.split('\n').some(l => l.split(' ')[4] === mnt)
+}
+
+function fusermountPath (): string {
+  return path.join(ROOT, 'node_modules', 'fuse-shared-library-linux', 'libfuse', 'bin') + ':' + (process.env.PATH ?? '')
+}
+
+export async function status (home: string): Promise<Record<string, any>> {
+  const r = await cli(['status', '--home', home, '--json'])
+  if (r.code !== 0) throw new Error(`status failed: ${r.stderr}`)
+  return JSON.parse(r.stdout) as Record<string, any>
+}
+
+export async function sync (home: string): Promise<void> {
+  const r = await cli(['sync', '--home', home])
+  if (r.code !== 0) throw new Error(`sync failed: ${r.stderr}`)
+}
+
+export function partnerDirs (home: string): string[] {
+  const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as { partners: Array<{ path: string }> }
+  return cfg.partners.map(p => p.path)
+}

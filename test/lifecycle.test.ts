@@ -1,0 +1,95 @@
+// The command line around a mount: init, mount, status, unmount, and one clear error line for each misuse.
+import test from 'brittle'
+import fs from 'node:fs'
+import path from 'node:path'
+import { cli, init, mount, unmount, status, isMounted, tmpdir } from './helpers.js'
+
+const oneLine = (s: string): boolean => s.trim().split('\n').length === 1 && !/\n\s+at /.test(s)
+
+test('init --json prints the public key, the recovery key and the home', async t => {
+  const s = await init(t)
+  t.is(s.publicKey.length, 64)
+  t.ok(/^[0-9A-Z]{4}(-[0-9A-Z]{1,4})+$/.test(s.recoveryKey))
+  t.ok(fs.existsSync(path.join(s.home, 'key.json')))
+  t.is(fs.statSync(path.join(s.home, 'key.json')).mode & 0o777, 0o600, 'key file is private')
+  t.is(fs.readdirSync(path.join(s.home, 'partners')).length, 6, 'k + m partner areas made under the home')
+})
+
+test('init refuses a home that already has an identity', async t => {
+  const s = await init(t)
+  const r = await cli(['init', '--home', s.home])
+  t.not(r.code, 0)
+  t.ok(/already holds a coopfs identity/.test(r.stderr))
+  t.ok(oneLine(r.stderr))
+})
+
+test('mount returns once mounted; status reports it; unmount stops the daemon', async t => {
+  const s = await init(t)
+  await mount(s)
+  t.ok(isMounted(s.mnt))
+  fs.writeFileSync(path.join(s.mnt, 'hello.txt'), 'hello')
+  const st = await status(s.home)
+  for (const key of ['mountpoint', 'pid', 'bytesStored', 'bytesPending', 'partners']) t.ok(key in st, `status has ${key}`)
+  t.is(st.mountpoint, s.mnt)
+  t.is(st.partners.length, 6)
+  t.ok(st.partners.every((p: { state: string }) => p.state === 'online'))
+  const pid = st.pid as number
+  t.is(fs.statSync(path.join(s.home, 'daemon.sock')).mode & 0o777, 0o600, 'control socket is private')
+  await unmount(s.mnt)
+  t.absent(isMounted(s.mnt))
+  let alive = true
+  try { process.kill(pid, 0) } catch { alive = false }
+  t.absent(alive, 'daemon stopped')
+})
+
+test('mount errors: missing mount point, not a folder, not empty, already mounted, no identity, home in use', async t => {
+  const s = await init(t)
+  const missing = await cli(['mount', path.join(s.dir, 'nope'), '--home', s.home])
+  t.not(missing.code, 0)
+  t.ok(/does not exist/.test(missing.stderr) && oneLine(missing.stderr), missing.stderr)
+
+  const file = path.join(s.dir, 'file')
+  fs.writeFileSync(file, 'x')
+  const notDir = await cli(['mount', file, '--home', s.home])
+  t.not(notDir.code, 0)
+  t.ok(/not a folder/.test(notDir.stderr) && oneLine(notDir.stderr), notDir.stderr)
+
+  const full = path.join(s.dir, 'full')
+  fs.mkdirSync(full)
+  fs.writeFileSync(path.join(full, 'x'), 'x')
+  const notEmpty = await cli(['mount', full, '--home', s.home])
+  t.not(notEmpty.code, 0)
+  t.ok(/not empty/.test(notEmpty.stderr) && oneLine(notEmpty.stderr), notEmpty.stderr)
+
+  const noId = await cli(['mount', s.mnt, '--home', path.join(s.dir, 'empty-home')])
+  t.not(noId.code, 0)
+  t.ok(/coopfs init/.test(noId.stderr) && oneLine(noId.stderr), noId.stderr)
+
+  await mount(s)
+  const again = await cli(['mount', s.mnt, '--home', s.home])
+  t.not(again.code, 0)
+  t.ok(/already a mount point/.test(again.stderr) && oneLine(again.stderr), again.stderr)
+
+  const other = path.join(s.dir, 'other')
+  fs.mkdirSync(other)
+  const inUse = await cli(['mount', other, '--home', s.home])
+  t.not(inUse.code, 0)
+  t.ok(/in use by the daemon/.test(inUse.stderr) && oneLine(inUse.stderr), inUse.stderr)
+  await unmount(s.mnt)
+})
+
+test('unknown commands and options are usage errors', async t => {
+  const r = await cli(['frobnicate'])
+  t.is(r.code, 2)
+  const o = await cli(['status', '--bogus', 'x', '--home', tmpdir()])
+  t.is(o.code, 2)
+  t.ok(/unknown option --bogus/.test(o.stderr))
+})
+
+test('unmount of a folder that is not a coopfs mount is an error', async t => {
+  const dir = tmpdir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const r = await cli(['unmount', dir])
+  t.not(r.code, 0)
+  t.ok(/not a coopfs mount point/.test(r.stderr) && oneLine(r.stderr), r.stderr)
+})
