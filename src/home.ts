@@ -87,13 +87,19 @@ export class Home {
     } catch {
       return 0
     }
-    if (!pid) return 0
-    try {
-      process.kill(pid, 0)
-      return pid
-    } catch {
-      return 0
-    }
+    return pid && isLiveDaemon(pid) ? pid : 0
+  }
+}
+
+// A pid names our daemon only while that process runs (a killed daemon may linger as a zombie, and its
+// pid may be reused by an unrelated process).
+function isLiveDaemon (pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    if (/^\d+ \(.*\) [ZX]/.test(stat)) return false
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('mount')
+  } catch {
+    return false
   }
 }
 
