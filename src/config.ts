@@ -32,6 +32,8 @@ export const META_COMMIT_INTERVAL_MS = 1000
 // Fraction of the logical disk kept free for the cleaner and for checkpoints; writes past it get ENOSPC.
 export const RESERVED_FRACTION = 0.08
 export const MIN_RESERVED_SLOTS = 4
+// Share of the unreserved segments file data may fill; the rest lets the cleaner compact partly filled ones.
+export const FILL_LIMIT = 0.9
 // Segments whose live bytes fall below this fraction are compacted by the cleaner.
 export const CLEAN_THRESHOLD = 0.5
 

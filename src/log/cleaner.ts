@@ -10,10 +10,19 @@ const MAX_SEGMENTS_PER_PASS = 64
 export async function clean (disk: LogicalDisk, urgent = false): Promise<number> {
   const meta = disk.meta
   const limit = urgent ? 1 : CLEAN_THRESHOLD
-  const victims = meta.db.prepare(`SELECT slot, version, live FROM segments
+  const candidates = meta.db.prepare(`SELECT slot, version, live FROM segments
     WHERE state = ? AND live < ? * ? AND live < used ORDER BY live LIMIT ?`)
     .all(SEG_LIVE, limit, disk.segmentBytes, MAX_SEGMENTS_PER_PASS) as Array<{ slot: number, version: number, live: number }>
-  if (victims.length === 0) return 0
+  // Copy only what fits in the segments free now, less one kept for the checkpoint that releases the
+  // victims: cleaning must never be what fills the disk.
+  let budget = (disk.slotCounts().free - 1) * disk.segmentBytes
+  const victims = []
+  for (const c of candidates) {
+    if (c.live > budget) break
+    budget -= c.live
+    victims.push(c)
+  }
+  if (victims.length < 2 && !(victims.length === 1 && victims[0].live === 0)) return 0
   disk.useReserve = true
   try {
     for (const v of victims) {

@@ -4,7 +4,7 @@
 import { LRUCache } from 'lru-cache'
 import { CoopError } from '../errors.js'
 import { keyedHash, sealChunk, openChunk } from '../crypto/seal.js'
-import { MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
+import { FILL_LIMIT, MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
 import { MetaStore, SEG_FREE, SEG_OPEN, SEG_LIVE, SEG_PENDING_FREE, type ChunkLoc } from '../fs/meta-store.js'
 import { Lock } from './lock.js'
 import type { Keys } from '../crypto/keys.js'
@@ -76,9 +76,10 @@ export class LogicalDisk {
     return sealChunk(this.keys.dataKey, id, plain)
   }
 
-  // Bytes the file data may occupy: the slots not held back for checkpoints and the cleaner.
+  // Bytes the file data may occupy: the slots not held back for checkpoints, less the slack the cleaner
+  // needs to compact partly filled segments.
   usableBytes (): number {
-    return (this.slots - this.reservedSlots) * this.segmentBytes
+    return Math.floor((this.slots - this.reservedSlots) * this.segmentBytes * FILL_LIMIT)
   }
 
   liveBytes (): number {
