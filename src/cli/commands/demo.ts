@@ -22,8 +22,8 @@ export async function demoCommand (args: Args): Promise<void> {
   await mountCommand({ positionals: [dir], flags: new Map([['home', homeDir]]) })
   process.stdout.write([
     `coopfs is mounted at ${dir}: copy files in, browse them, unmount and mount again.`,
-    `  status:   node bin/coopfs.js status --home ${homeDir}`,
-    `  stop:     node bin/coopfs.js unmount ${dir}`,
+    `  status:   npx coopfs status --home ${homeDir}`,
+    `  stop:     npx coopfs unmount ${dir}`,
     ''
   ].join('\n'))
 }
