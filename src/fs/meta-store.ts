@@ -297,6 +297,16 @@ export class MetaStore {
   }
 }
 
-export function removeDbFiles (file: string): void {
-  for (const f of [file, file + '-wal', file + '-shm']) fs.rmSync(f, { force: true })
+// Stored and pending bytes of a home whose daemon is not running, read without writing anything.
+export function offlineStats (file: string, chunkSize: number): { bytesStored: number, bytesPending: number } {
+  if (!fs.existsSync(file)) return { bytesStored: 0, bytesPending: 0 }
+  const db = new Database(file, { readonly: true, fileMustExist: true })
+  try {
+    const live = (db.prepare('SELECT coalesce(sum(live), 0) AS n FROM segments').get() as { n: number }).n
+    const dirty = (db.prepare('SELECT count(*) AS n FROM dirty').get() as { n: number }).n
+    return { bytesStored: live, bytesPending: dirty * chunkSize }
+  } finally {
+    db.close()
+  }
 }
+

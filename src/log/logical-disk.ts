@@ -237,10 +237,6 @@ export class LogicalDisk {
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts as Buffer[])
   }
 
-  dropCaches (): void {
-    this.chunkCache.clear()
-    this.blockCache.clear()
-  }
 
   cacheBytes (): number {
     return this.chunkCache.calculatedSize + this.blockCache.calculatedSize

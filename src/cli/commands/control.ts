@@ -8,6 +8,7 @@ import { Home, resolveHome } from '../../home.js'
 import { request } from '../../daemon/control.js'
 import { bundledFusermountDir } from '../../fuse/libfuse.js'
 import { fmtBytes } from '../../partners/local-dir.js'
+import { offlineStats } from '../../fs/meta-store.js'
 import { coopMountAt, mountedAt } from '../mountpoint.js'
 import { bool, int, onlyFlags, str, type Args } from '../args.js'
 import type { EngineStatus } from '../../daemon/engine.js'
@@ -73,6 +74,7 @@ export async function statusCommand (args: Args): Promise<void> {
       mountpoint: null,
       pid: null,
       home: home.dir,
+      ...offlineStats(home.metaFile, cfg.chunkSize),
       partners: cfg.partners.map(p => ({ id: p.id, label: p.path, state: fs.existsSync(p.path) ? 'online' : 'offline', slots: cfg.slots }))
     } as unknown as Status
   }
@@ -82,7 +84,11 @@ export async function statusCommand (args: Args): Promise<void> {
   }
   const lines = [`home:        ${status.home}`]
   if (!status.pid) {
-    lines.push('mounted:     no (no daemon running)')
+    lines.push(
+      'mounted:     no (no daemon running)',
+      `stored:      ${fmtBytes(status.bytesStored)}`,
+      `pending:     ${fmtBytes(status.bytesPending)} waiting in the local write-back store (stored on the next mount)`
+    )
   } else {
     lines.push(
       `mounted:     ${status.mountpoint} (daemon pid ${status.pid})`,
