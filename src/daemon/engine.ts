@@ -101,6 +101,7 @@ export class Engine {
       this.changed = true
       this.kick()
     }
+    this.disk.onCommitted = () => this.fs.refreshLiveBytes()
     this.packer = new Packer(this.fs, this.disk)
     this.lastCheckpointAt = Date.now()
   }
@@ -173,6 +174,7 @@ export class Engine {
 
   private async checkpointLocked (): Promise<number> {
     const seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
+    this.fs.refreshLiveBytes()
     this.changed = false
     this.lastCheckpointAt = Date.now()
     return seq

@@ -70,9 +70,25 @@ export class WriteBack {
     await fh.truncate(size)
   }
 
+  // fdatasync flushes the file, whichever descriptor wrote it: a file whose handle was closed to stay
+  // under MAX_OPEN_FILES is opened again for it.
   async sync (ino: number): Promise<void> {
     const h = this.handles.get(ino)
-    if (h) await (await h).datasync()
+    if (h) {
+      await (await h).datasync()
+      return
+    }
+    let fh: fsp.FileHandle
+    try {
+      fh = await fsp.open(this.file(ino), 'r')
+    } catch {
+      return
+    }
+    try {
+      await fh.datasync()
+    } finally {
+      await fh.close()
+    }
   }
 
   async remove (ino: number): Promise<void> {

@@ -49,6 +49,8 @@ export class LogicalDisk {
   private open: OpenSegment | null = null
   // Checkpoints and the cleaner may use the reserved slots; file data may not.
   useReserve = false
+  // Called after a segment's chunks were committed (live bytes changed).
+  onCommitted: () => void = () => {}
   private readonly chunkCache: LRUCache<string, Buffer>
   private readonly blockCache: LRUCache<string, Buffer>
   stats = { stripesWritten: 0, bytesWritten: 0, chunkReads: 0, cacheHits: 0 }
@@ -167,6 +169,7 @@ export class LogicalDisk {
       this.meta.db.prepare('UPDATE segments SET state = ?, used = ? WHERE slot = ?').run(SEG_LIVE, seg.fill, seg.slot)
       for (const p of seg.pending) p.commit(p.loc)
     })
+    this.onCommitted()
   }
 
   // Segments whose every chunk is gone wait for the next checkpoint before they can be reused.
