@@ -7,13 +7,15 @@ export const FORMAT_VERSION = 1
 export const DEFAULT_K = 4
 export const DEFAULT_M = 2
 
-// Payload bytes of one stripe block; a segment holds k of them (1 MiB of data at k = 4).
-export const BLOCK_SIZE_BYTES = 256 * 1024
-// Slots reserved on each partner; the logical disk holds k * slots * BLOCK_SIZE_BYTES bytes.
-export const DEFAULT_SLOTS = 8192
-
 // File data is cut into chunks of at most this many bytes, aligned to file offsets.
 export const CHUNK_SIZE_BYTES = 128 * 1024
+// Sealing adds the Poly1305 tag to every chunk.
+export const CHUNK_MAC_BYTES = 16
+// Payload bytes of one stripe block: exactly two sealed full chunks, so full chunks fill segments (k blocks)
+// without padding. A segment holds 1 MiB of file data at k = 4.
+export const BLOCK_SIZE_BYTES = 2 * (CHUNK_SIZE_BYTES + CHUNK_MAC_BYTES)
+// Slots reserved on each partner; the logical disk holds k * slots * BLOCK_SIZE_BYTES bytes.
+export const DEFAULT_SLOTS = 8192
 
 // Write-back store: bytes of dirty file data kept locally before writers are held back.
 export const WRITEBACK_LIMIT_BYTES = 256 * 1024 * 1024

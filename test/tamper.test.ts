@@ -7,24 +7,27 @@ import path from 'node:path'
 import { init, mount, unmount, sync, status, partnerDirs, sh } from './helpers.js'
 
 const HEADER = 64
-const BLOCK = 256 * 1024
-const SLOT_BYTES = HEADER + BLOCK
+
+function slotBytes (dir: string): number {
+  return (JSON.parse(fs.readFileSync(path.join(dir, 'partner.json'), 'utf8')) as { slotBytes: number }).slotBytes
+}
 
 function slotFile (dir: string): string {
   return path.join(dir, 'slots.dat')
 }
 
 function readSlot (dir: string, slot: number): Buffer {
+  const size = slotBytes(dir)
   const fd = fs.openSync(slotFile(dir), 'r')
-  const buf = Buffer.alloc(SLOT_BYTES)
-  fs.readSync(fd, buf, 0, SLOT_BYTES, slot * SLOT_BYTES)
+  const buf = Buffer.alloc(size)
+  fs.readSync(fd, buf, 0, size, slot * size)
   fs.closeSync(fd)
   return buf
 }
 
 function writeSlot (dir: string, slot: number, buf: Buffer): void {
   const fd = fs.openSync(slotFile(dir), 'r+')
-  fs.writeSync(fd, buf, 0, buf.length, slot * SLOT_BYTES)
+  fs.writeSync(fd, buf, 0, buf.length, slot * slotBytes(dir))
   fs.closeSync(fd)
 }
 

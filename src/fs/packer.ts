@@ -74,7 +74,6 @@ export class Packer {
     }
     // A partly filled segment waits a little for more data before it is written.
     if (force || (todo.length === 0 && this.disk.openAgeMs() >= SEGMENT_FLUSH_MS)) await this.disk.flush()
-    if (todo.length) this.fs.refreshLiveBytes()
     return todo.length
   }
 

@@ -2,6 +2,7 @@
 // blocks of one stripe), segments are written to the partner set whole, and chunks are read back through
 // a block cache and a plaintext chunk cache.
 import { LRUCache } from 'lru-cache'
+import type Database from 'better-sqlite3'
 import { CoopError } from '../errors.js'
 import { keyedHash, sealChunk, openChunk } from '../crypto/seal.js'
 import { FILL_LIMIT, MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
@@ -54,6 +55,8 @@ export class LogicalDisk {
   private readonly chunkCache: LRUCache<string, Buffer>
   private readonly blockCache: LRUCache<string, Buffer>
   stats = { stripesWritten: 0, bytesWritten: 0, chunkReads: 0, cacheHits: 0 }
+  private counts: { free: number, live: number, pendingFree: number } | null = null
+  private readonly st: Record<string, Database.Statement>
 
   constructor ({ meta, partners, keys, slots, cacheBytes }: LogicalDiskOptions) {
     this.meta = meta
@@ -66,8 +69,22 @@ export class LogicalDisk {
     const sizeCalculation = (b: Buffer): number => b.length || 1
     this.chunkCache = new LRUCache<string, Buffer>({ maxSize: Math.max(1, Math.floor(cacheBytes / 2)), sizeCalculation })
     this.blockCache = new LRUCache<string, Buffer>({ maxSize: Math.max(1, Math.floor(cacheBytes / 2)), sizeCalculation })
+    const p = (sql: string): Database.Statement => meta.db.prepare(sql)
+    this.st = {
+      liveBytes: p('SELECT coalesce(sum(live), 0) AS n FROM segments'),
+      counts: p('SELECT state, count(*) AS n FROM segments GROUP BY state'),
+      firstFree: p('SELECT slot, version FROM segments WHERE state = ? ORDER BY slot LIMIT 1'),
+      reopen: p('UPDATE segments SET state = ?, version = ?, used = 0, live = 0 WHERE slot = ?'),
+      nextSlot: p('SELECT coalesce(max(slot) + 1, 0) AS n FROM segments'),
+      insert: p('INSERT INTO segments (slot, version, state, used, live) VALUES (?, ?, ?, 0, 0)'),
+      setState: p('UPDATE segments SET state = ? WHERE slot = ?'),
+      written: p('UPDATE segments SET state = ?, used = ? WHERE slot = ?'),
+      retire: p('UPDATE segments SET state = ? WHERE state = ? AND live <= 0'),
+      release: p('UPDATE segments SET state = ?, used = 0, live = 0 WHERE state = ?'),
+      resetOpen: p('UPDATE segments SET state = ? WHERE state = ?')
+    }
     // A segment that was being filled when the daemon died was never committed: nothing points into it.
-    meta.db.prepare('UPDATE segments SET state = ? WHERE state = ?').run(SEG_FREE, SEG_OPEN)
+    this.st.resetOpen.run(SEG_FREE, SEG_OPEN)
   }
 
   chunkId (plain: Buffer): Buffer {
@@ -85,36 +102,38 @@ export class LogicalDisk {
   }
 
   liveBytes (): number {
-    const row = this.meta.db.prepare('SELECT coalesce(sum(live), 0) AS n FROM segments').get() as { n: number }
-    return row.n
+    return (this.st.liveBytes.get() as { n: number }).n
   }
 
+  // Segment states change only here, so the counts are kept until one does.
   slotCounts (): { free: number, live: number, pendingFree: number } {
-    const rows = this.meta.db.prepare('SELECT state, count(*) AS n FROM segments GROUP BY state').all() as Array<{ state: number, n: number }>
+    if (this.counts) return this.counts
+    const rows = this.st.counts.all() as Array<{ state: number, n: number }>
     const by = new Map(rows.map(r => [r.state, r.n]))
     const known = rows.reduce((a, r) => a + r.n, 0)
-    return {
+    this.counts = {
       free: (by.get(SEG_FREE) ?? 0) + (this.slots - known),
       live: (by.get(SEG_LIVE) ?? 0) + (by.get(SEG_OPEN) ?? 0),
       pendingFree: by.get(SEG_PENDING_FREE) ?? 0
     }
+    return this.counts
   }
 
   private allocate (): { slot: number, version: number } {
-    const db = this.meta.db
     const base = Number(this.meta.kvGet('versionBase') ?? 0)
     if (!this.useReserve && this.slotCounts().free <= Math.floor(this.reservedSlots / 2)) {
       throw new CoopError('ENOSPC', 'the logical disk is full')
     }
-    const free = db.prepare('SELECT slot, version FROM segments WHERE state = ? ORDER BY slot LIMIT 1').get(SEG_FREE) as { slot: number, version: number } | undefined
+    this.counts = null
+    const free = this.st.firstFree.get(SEG_FREE) as { slot: number, version: number } | undefined
     if (free) {
       const version = Math.max(free.version, base) + 1
-      db.prepare('UPDATE segments SET state = ?, version = ?, used = 0, live = 0 WHERE slot = ?').run(SEG_OPEN, version, free.slot)
+      this.st.reopen.run(SEG_OPEN, version, free.slot)
       return { slot: free.slot, version }
     }
-    const next = (db.prepare('SELECT coalesce(max(slot) + 1, 0) AS n FROM segments').get() as { n: number }).n
+    const next = (this.st.nextSlot.get() as { n: number }).n
     if (next >= this.slots) throw new CoopError('ENOSPC', 'the logical disk has no free segment')
-    db.prepare('INSERT INTO segments (slot, version, state, used, live) VALUES (?, ?, ?, 0, 0)').run(next, base + 1, SEG_OPEN)
+    this.st.insert.run(next, base + 1, SEG_OPEN)
     return { slot: next, version: base + 1 }
   }
 
@@ -160,13 +179,14 @@ export class LogicalDisk {
     try {
       await this.partners.writeStripe(seg.slot, seg.version, seg.buf)
     } catch (err) {
-      this.meta.db.prepare('UPDATE segments SET state = ? WHERE slot = ?').run(SEG_FREE, seg.slot)
+      this.st.setState.run(SEG_FREE, seg.slot)
+      this.counts = null
       throw err
     }
     this.stats.stripesWritten++
     this.stats.bytesWritten += seg.fill
     this.meta.tx(() => {
-      this.meta.db.prepare('UPDATE segments SET state = ?, used = ? WHERE slot = ?').run(SEG_LIVE, seg.fill, seg.slot)
+      this.st.written.run(SEG_LIVE, seg.fill, seg.slot)
       for (const p of seg.pending) p.commit(p.loc)
     })
     this.onCommitted()
@@ -174,13 +194,14 @@ export class LogicalDisk {
 
   // Segments whose every chunk is gone wait for the next checkpoint before they can be reused.
   retireEmptySegments (): number {
-    return this.meta.db.prepare('UPDATE segments SET state = ? WHERE state = ? AND live <= 0').run(SEG_PENDING_FREE, SEG_LIVE).changes
+    this.counts = null
+    return this.st.retire.run(SEG_PENDING_FREE, SEG_LIVE).changes
   }
 
   releasePendingFree (): number {
-    return this.meta.db.prepare('UPDATE segments SET state = ?, used = 0, live = 0 WHERE state = ?').run(SEG_FREE, SEG_PENDING_FREE).changes
+    this.counts = null
+    return this.st.release.run(SEG_FREE, SEG_PENDING_FREE).changes
   }
-
 
   async readChunk (id: Buffer): Promise<Buffer> {
     const key = id.toString('hex')
