@@ -70,3 +70,13 @@ export function randomBytes (n: number): Buffer {
   sodium.randombytes_buf(b)
   return b
 }
+
+// A buffer that alone owns its ArrayBuffer, so it can be moved to another thread. Posting a view clones
+// its whole ArrayBuffer (for a slice of a segment, the whole segment), and moving a small buffer would take
+// the shared pool of small buffers away from its other users; the copy uses Buffer.alloc, never the pool.
+export function owned (b: Buffer): Buffer {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b
+  const copy = Buffer.alloc(b.length)
+  b.copy(copy)
+  return copy
+}

@@ -18,6 +18,7 @@ import { LocalDirPartner } from '../partners/local-dir.js'
 import { PartnerSet } from '../partners/partner-set.js'
 import { ReedSolomon, nativeAvailable } from '../stripe/reed-solomon.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
+import { PooledSealer, type Sealer } from '../crypto/seal-pool.js'
 
 const ERROR_BACKOFF_MS = 1000
 
@@ -53,11 +54,13 @@ export class Engine {
   readonly fs: Filesystem
   readonly packer: Packer
   readonly rs: ReedSolomon
+  readonly sealer: Sealer
   private readonly log: (line: string) => void
   private walFd: fsp.FileHandle | null = null
   private closed = false
   private loopDone: Promise<void> | null = null
   private wake: (() => void) | null = null
+  private idle = false
   private changed = false
   private lastCheckpointAt = 0
   lastError: string | null = null
@@ -71,6 +74,7 @@ export class Engine {
     }
     this.log = opts.log ?? (() => {})
     this.rs = new ReedSolomon({ k: this.cfg.k, m: this.cfg.m })
+    this.sealer = PooledSealer.create(this.keys)
     const slotBytes = BLOCK_HEADER_BYTES + this.cfg.blockSize
     const members = this.cfg.partners.map(p => LocalDirPartner.attach(p.path, p.id, this.cfg.slots, slotBytes))
     this.partners = new PartnerSet({
@@ -78,14 +82,15 @@ export class Engine {
       k: this.cfg.k,
       m: this.cfg.m,
       blockSize: this.cfg.blockSize,
-      integrityKey: this.keys.integrityKey,
-      rs: this.rs
+      rs: this.rs,
+      sealer: this.sealer
     })
     this.meta = new MetaStore(home.metaFile)
     this.disk = new LogicalDisk({
       meta: this.meta,
       partners: this.partners,
       keys: this.keys,
+      sealer: this.sealer,
       slots: this.cfg.slots,
       cacheBytes: opts.cacheBytes ?? CACHE_LIMIT_BYTES
     })
@@ -97,9 +102,11 @@ export class Engine {
       chunkSize: this.cfg.chunkSize,
       syncMeta: () => this.syncMeta()
     })
+    // Writes wake the background loop only when it sleeps with nothing to do, or when writers are held
+    // back; otherwise it comes round on its own schedule instead of once per write.
     this.fs.onChange = () => {
       this.changed = true
-      this.kick()
+      if (this.idle || this.wb.full()) this.kick()
     }
     this.disk.onCommitted = () => this.fs.refreshLiveBytes()
     this.packer = new Packer(this.fs, this.disk)
@@ -141,8 +148,11 @@ export class Engine {
         continue
       }
       if (did === 0 && !this.closed) {
-        const waitMs = this.disk.hasOpenSegment() ? SEGMENT_FLUSH_MS : (this.packer.pending() ? PACK_IDLE_MS : 60_000)
+        const pending = this.packer.pending() > 0
+        this.idle = !pending && !this.disk.hasOpenSegment()
+        const waitMs = this.disk.hasOpenSegment() ? SEGMENT_FLUSH_MS : (pending ? PACK_IDLE_MS : 60_000)
         await this.sleep(Math.min(waitMs, CHECKPOINT_INTERVAL_MS))
+        this.idle = false
       }
     }
   }
@@ -249,6 +259,7 @@ export class Engine {
     await this.walFd?.close()
     await this.wb.close()
     await this.partners.close()
+    await this.sealer.close()
     this.meta.close()
   }
 }

@@ -11,6 +11,7 @@ import { restoreCheckpoint } from '../log/checkpoint.js'
 import { LocalDirPartner } from '../partners/local-dir.js'
 import { PartnerSet } from '../partners/partner-set.js'
 import { ReedSolomon } from '../stripe/reed-solomon.js'
+import { InlineSealer } from '../crypto/seal-pool.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
 
 export async function recoverHome (homeDir: string, recoveryKey: string, partnerDirs: string[]): Promise<void> {
@@ -39,8 +40,8 @@ export async function recoverHome (homeDir: string, recoveryKey: string, partner
     k: body.k,
     m: body.m,
     blockSize: body.blockSize,
-    integrityKey: keys.integrityKey,
-    rs: new ReedSolomon({ k: body.k, m: body.m })
+    rs: new ReedSolomon({ k: body.k, m: body.m }),
+    sealer: new InlineSealer(keys)
   })
   fs.mkdirSync(home.dir, { recursive: true, mode: 0o700 })
   try {

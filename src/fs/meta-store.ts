@@ -105,7 +105,7 @@ export class MetaStore {
       delDirty: p('DELETE FROM dirty WHERE ino = ? AND blk = ?'),
       dirtyFrom: p('SELECT blk FROM dirty WHERE ino = ? AND blk >= ?'),
       delDirtyFrom: p('DELETE FROM dirty WHERE ino = ? AND blk >= ?'),
-      allDirty: p('SELECT ino, blk FROM dirty ORDER BY ino, blk'),
+      allDirty: p('SELECT ino, blk FROM dirty ORDER BY ino, blk LIMIT ?'),
       countDirty: p('SELECT count(*) AS n FROM dirty'),
       countDirtyIno: p('SELECT count(*) AS n FROM dirty WHERE ino = ?'),
       getChunk: p('SELECT c.id, c.slot, c.off, c.len, s.version FROM chunks c JOIN segments s ON s.slot = c.slot WHERE c.id = ?'),
@@ -248,8 +248,8 @@ export class MetaStore {
     return this.st.delDirtyFrom.run(ino, blk).changes
   }
 
-  allDirty (): Array<{ ino: number, blk: number }> {
-    return this.st.allDirty.all() as Array<{ ino: number, blk: number }>
+  dirtyBlocks (limit: number): Array<{ ino: number, blk: number }> {
+    return this.st.allDirty.all(limit) as Array<{ ino: number, blk: number }>
   }
 
   dirtyCount (ino?: number): number {

@@ -6,10 +6,24 @@ import type { Filesystem } from './filesystem.js'
 import type { LogicalDisk, Loc } from '../log/logical-disk.js'
 
 const BLOCKS_PER_ROUND = 512
+// Dirty blocks looked at per round; blocks of files still being written are passed over.
+const SCAN_LIMIT = 8 * BLOCKS_PER_ROUND
+// Blocks read and sealed at once (on the sealer's threads) before they are appended in order.
+const WINDOW = 16
 
+interface Prepared {
+  ino: number
+  blk: number
+  gen: number
+  // null: the block is a hole (beyond the end of file, or all zeros).
+  id: Buffer | null
+  sealed: Buffer | null
+}
+
+let zeros = Buffer.alloc(0)
 function isZero (buf: Buffer): boolean {
-  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false
-  return true
+  if (zeros.length < buf.length) zeros = Buffer.alloc(buf.length)
+  return buf.equals(zeros.subarray(0, buf.length))
 }
 
 export class Packer {
@@ -29,7 +43,7 @@ export class Packer {
     const now = Date.now()
     const out: Array<{ ino: number, blk: number }> = []
     const open = this.disk.openSlot()
-    for (const row of this.fs.meta.allDirty()) {
+    for (const row of this.fs.meta.dirtyBlocks(SCAN_LIMIT)) {
       const slot = this.inSegment.get(row.ino + ':' + row.blk)
       if (slot !== undefined && slot === open) continue
       const w = this.fs.writing.get(row.ino)
@@ -48,33 +62,38 @@ export class Packer {
   async round (force: boolean): Promise<number> {
     const todo = this.candidates(force)
     const meta = this.fs.meta
-    const CS = this.fs.chunkSize
-    for (const { ino, blk } of todo) {
-      const gen = this.fs.genOf(ino, blk)
-      const inode = meta.getInode(ino)
-      if (!inode || !meta.isDirty(ino, blk)) continue
-      const start = blk * CS
-      const len = Math.min(CS, inode.size - start)
-      if (len <= 0) {
-        meta.tx(() => this.apply(ino, blk, gen, null, null))
-        continue
+    for (let i = 0; i < todo.length; i += WINDOW) {
+      const prepared = await Promise.all(todo.slice(i, i + WINDOW).map(c => this.prepare(c.ino, c.blk)))
+      for (const p of prepared) {
+        if (!p) continue
+        const { ino, blk, gen, id, sealed } = p
+        if (!id || !sealed || meta.getChunk(id)) {
+          meta.tx(() => this.apply(ino, blk, gen, id, null))
+          continue
+        }
+        await this.disk.append(id, sealed, loc => this.apply(ino, blk, gen, id, loc))
+        this.inSegment.set(ino + ':' + blk, this.disk.openSlot())
       }
-      const plain = await this.fs.wb.read(ino, start, len)
-      if (isZero(plain)) {
-        meta.tx(() => this.apply(ino, blk, gen, null, null))
-        continue
-      }
-      const id = this.disk.chunkId(plain)
-      if (meta.getChunk(id)) {
-        meta.tx(() => this.apply(ino, blk, gen, id, null))
-        continue
-      }
-      await this.disk.append(id, this.disk.seal(id, plain), loc => this.apply(ino, blk, gen, id, loc))
-      this.inSegment.set(ino + ':' + blk, this.disk.openSlot())
     }
     // A partly filled segment waits a little for more data before it is written.
     if (force || (todo.length === 0 && this.disk.openAgeMs() >= SEGMENT_FLUSH_MS)) await this.disk.flush()
     return todo.length
+  }
+
+  // Reads a dirty block and seals it. The generation is taken first: a write landing meanwhile bumps it,
+  // and the commit then leaves the block dirty for the next round.
+  private async prepare (ino: number, blk: number): Promise<Prepared | null> {
+    const meta = this.fs.meta
+    const gen = this.fs.genOf(ino, blk)
+    const inode = meta.getInode(ino)
+    if (!inode || !meta.isDirty(ino, blk)) return null
+    const start = blk * this.fs.chunkSize
+    const len = Math.min(this.fs.chunkSize, inode.size - start)
+    if (len <= 0) return { ino, blk, gen, id: null, sealed: null }
+    const plain = await this.fs.wb.read(ino, start, len)
+    if (isZero(plain)) return { ino, blk, gen, id: null, sealed: null }
+    const { id, sealed } = await this.disk.sealer.chunk(plain)
+    return { ino, blk, gen, id, sealed }
   }
 
   // Runs inside a transaction: the block now lives in chunk id (or is a hole when id is null), unless it

@@ -4,11 +4,12 @@
 import { LRUCache } from 'lru-cache'
 import type Database from 'better-sqlite3'
 import { CoopError } from '../errors.js'
-import { keyedHash, sealChunk, openChunk } from '../crypto/seal.js'
+import { keyedHash, sealChunk } from '../crypto/seal.js'
 import { FILL_LIMIT, MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
 import { MetaStore, SEG_FREE, SEG_OPEN, SEG_LIVE, SEG_PENDING_FREE, type ChunkLoc } from '../fs/meta-store.js'
 import { Lock } from './lock.js'
 import type { Keys } from '../crypto/keys.js'
+import type { Sealer } from '../crypto/seal-pool.js'
 import type { PartnerSet } from '../partners/partner-set.js'
 
 export interface Loc {
@@ -33,6 +34,7 @@ export interface LogicalDiskOptions {
   meta: MetaStore
   partners: PartnerSet
   keys: Keys
+  sealer: Sealer
   slots: number
   cacheBytes: number
 }
@@ -42,6 +44,7 @@ export class LogicalDisk {
   readonly meta: MetaStore
   readonly partners: PartnerSet
   readonly keys: Keys
+  readonly sealer: Sealer
   readonly slots: number
   readonly blockSize: number
   readonly segmentBytes: number
@@ -58,8 +61,9 @@ export class LogicalDisk {
   private counts: { free: number, live: number, pendingFree: number } | null = null
   private readonly st: Record<string, Database.Statement>
 
-  constructor ({ meta, partners, keys, slots, cacheBytes }: LogicalDiskOptions) {
+  constructor ({ meta, partners, keys, sealer, slots, cacheBytes }: LogicalDiskOptions) {
     this.meta = meta
+    this.sealer = sealer
     this.partners = partners
     this.keys = keys
     this.slots = slots
@@ -215,13 +219,13 @@ export class LogicalDisk {
     if (!loc) throw new CoopError('EIO', `chunk ${key.slice(0, 16)} is not in the chunk index`)
     let plain: Buffer | null
     try {
-      plain = openChunk(this.keys.dataKey, id, await this.readSealed(loc))
+      plain = await this.sealer.open(id, await this.readSealed(loc))
     } catch (err) {
       // The cleaner may have moved the chunk while it was being read: look it up once more.
       const again = this.meta.getChunk(id)
       if (!again || (again.slot === loc.slot && again.version === loc.version)) throw err
       loc = again
-      plain = openChunk(this.keys.dataKey, id, await this.readSealed(loc))
+      plain = await this.sealer.open(id, await this.readSealed(loc))
     }
     if (!plain) throw new CoopError('EIO', `chunk ${key.slice(0, 16)} failed authentication`)
     this.chunkCache.set(key, plain)

@@ -2,7 +2,8 @@
 // acknowledgements, reads data blocks back (systematic first, decoding from any k when needed) and keeps
 // the master block on every partner.
 import { CoopError } from '../errors.js'
-import { sealBlock, checkBlock, blockPayload, type BlockCheck } from '../stripe/block.js'
+import { blockPayload, type BlockCheck } from '../stripe/block.js'
+import type { Sealer } from '../crypto/seal-pool.js'
 import type { ReedSolomon } from '../stripe/reed-solomon.js'
 import type { Partner } from './partner.js'
 
@@ -21,9 +22,10 @@ export interface PartnerSetOptions {
   k: number
   m: number
   blockSize: number
-  integrityKey: Buffer
   rs: ReedSolomon
   writeQuorum?: number
+  // Computes and checks block MACs (with the owner's integrity key), inline or on worker threads.
+  sealer: Sealer
 }
 
 export class PartnerSet {
@@ -35,10 +37,10 @@ export class PartnerSet {
   readonly writeQuorum: number
   readonly damage: DamageRecord[] = []
   damageCount = 0
-  private readonly integrityKey: Buffer
+  private readonly sealer: Sealer
   private readonly rs: ReedSolomon
 
-  constructor ({ partners, k, m, blockSize, integrityKey, rs, writeQuorum = Math.max(k, k + m - 1) }: PartnerSetOptions) {
+  constructor ({ partners, k, m, blockSize, rs, writeQuorum = Math.max(k, k + m - 1), sealer }: PartnerSetOptions) {
     if (partners.length !== k + m) throw new CoopError('EPARTNERS', `a k=${k}, m=${m} stripe needs ${k + m} partners; ${partners.length} configured`)
     this.partners = partners
     this.k = k
@@ -46,7 +48,7 @@ export class PartnerSet {
     this.n = k + m
     this.blockSize = blockSize
     this.writeQuorum = writeQuorum
-    this.integrityKey = integrityKey
+    this.sealer = sealer
     this.rs = rs
   }
 
@@ -60,14 +62,14 @@ export class PartnerSet {
     const shards: Buffer[] = []
     for (let i = 0; i < this.k; i++) shards.push(data.subarray(i * this.blockSize, (i + 1) * this.blockSize))
     const parity = await this.rs.encode(shards)
-    const all = shards.concat(parity)
+    const targets = shards.concat(parity).map((_, i) => this.partnerFor(slot, i))
+    const blocks = await this.sealer.sealBlocks(slot, version, targets.map(p => p.id), shards.concat(parity))
     let acks = 0
     let failures = 0
     const errors: string[] = []
     await new Promise<void>((resolve, reject) => {
-      all.forEach((payload, i) => {
-        const p = this.partnerFor(slot, i)
-        const block = sealBlock(this.integrityKey, p.id, slot, version, payload)
+      blocks.forEach((block, i) => {
+        const p = targets[i]
         p.writeBlock(slot, block).then(() => {
           if (++acks === this.writeQuorum) resolve()
         }, (err: Error) => {
@@ -114,8 +116,9 @@ export class PartnerSet {
     } catch {
       block = null
     }
-    const check = checkBlock(this.integrityKey, p.id, slot, version, block)
-    if (check === 'ok') return blockPayload(block!)
+    const verdict = await this.sealer.checkBlock(p.id, slot, version, block)
+    const check = verdict.check
+    if (check === 'ok') return blockPayload(verdict.block!)
     this.recordDamage({ slot, block: index, partner: p.label, problem: check, at: new Date().toISOString() })
     return null
   }

@@ -1,0 +1,159 @@
+// Sealing on worker threads. Every call has an inline twin (the same functions on the calling thread),
+// used when no worker can be started, so the data path never depends on threads being available.
+import os from 'node:os'
+import fs from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Worker } from 'node:worker_threads'
+import { keyedHash, sealChunk, openChunk, owned } from './seal.js'
+import { sealBlock, checkBlock, type BlockCheck } from '../stripe/block.js'
+import type { Keys } from './keys.js'
+
+export type SealRequest =
+  | { seq: number, op: 'chunk', plain: Uint8Array }
+  | { seq: number, op: 'open', id: Uint8Array, sealed: Uint8Array }
+  | { seq: number, op: 'seal-blocks', slot: number, version: number, blockSize: number, partnerIds: Uint8Array[], payloads: Uint8Array }
+  | { seq: number, op: 'check-block', slot: number, version: number, partnerId: Uint8Array, block: Uint8Array | null }
+
+export type SealReply =
+  | { seq: number, id: Uint8Array, sealed: Uint8Array }
+  | { seq: number, plain: Uint8Array | null }
+  | { seq: number, blocks: Uint8Array[] }
+  | { seq: number, check: BlockCheck, block: Uint8Array | null }
+  | { seq: number, error: string }
+
+type Distribute<T> = T extends unknown ? Omit<T, 'seq'> : never
+type Job = Distribute<SealRequest>
+
+const WORKER_FILE = fileURLToPath(new URL('./seal-worker.js', import.meta.url))
+const toBuf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
+
+
+export interface Sealer {
+  readonly threads: number
+  chunk (plain: Buffer): Promise<{ id: Buffer, sealed: Buffer }>
+  open (id: Buffer, sealed: Buffer): Promise<Buffer | null>
+  sealBlocks (slot: number, version: number, partnerIds: Buffer[], payloads: Buffer[]): Promise<Buffer[]>
+  // The block comes back with the verdict: the pooled sealer moves it to a worker and back.
+  checkBlock (partnerId: Buffer, slot: number, version: number, block: Buffer | null): Promise<{ check: BlockCheck, block: Buffer | null }>
+  close (): Promise<void>
+}
+
+export class InlineSealer implements Sealer {
+  readonly threads = 0
+  private readonly keys: Pick<Keys, 'dataKey' | 'chunkIdKey' | 'integrityKey'>
+
+  constructor (keys: Pick<Keys, 'dataKey' | 'chunkIdKey' | 'integrityKey'>) {
+    this.keys = keys
+  }
+
+  async chunk (plain: Buffer): Promise<{ id: Buffer, sealed: Buffer }> {
+    const id = keyedHash(this.keys.chunkIdKey, plain)
+    return { id, sealed: sealChunk(this.keys.dataKey, id, plain) }
+  }
+
+  async open (id: Buffer, sealed: Buffer): Promise<Buffer | null> {
+    return openChunk(this.keys.dataKey, id, sealed)
+  }
+
+  async sealBlocks (slot: number, version: number, partnerIds: Buffer[], payloads: Buffer[]): Promise<Buffer[]> {
+    return payloads.map((p, i) => sealBlock(this.keys.integrityKey, partnerIds[i], slot, version, p))
+  }
+
+  async checkBlock (partnerId: Buffer, slot: number, version: number, block: Buffer | null): Promise<{ check: BlockCheck, block: Buffer | null }> {
+    return { check: checkBlock(this.keys.integrityKey, partnerId, slot, version, block), block }
+  }
+
+  async close (): Promise<void> {}
+}
+
+export class PooledSealer implements Sealer {
+  readonly threads: number
+  private readonly workers: Worker[]
+  private readonly busy: number[]
+  private readonly waiting = new Map<number, { resolve: (r: SealReply) => void, reject: (e: Error) => void, worker: number }>()
+  private seq = 0
+
+  private constructor (keys: Keys, threads: number) {
+    this.threads = threads
+    const workerData = { dataKey: keys.dataKey, chunkIdKey: keys.chunkIdKey, integrityKey: keys.integrityKey }
+    this.workers = []
+    this.busy = []
+    for (let i = 0; i < threads; i++) {
+      const w = new Worker(WORKER_FILE, { workerData })
+      w.unref()
+      w.on('message', (reply: SealReply) => this.settle(reply))
+      w.on('error', err => this.failWorker(i, err))
+      this.workers.push(w)
+      this.busy.push(0)
+    }
+  }
+
+  // A pool of one thread per core beyond the main one, or the inline sealer where threads are not possible.
+  static create (keys: Keys): Sealer {
+    const threads = Math.max(1, (os.availableParallelism?.() ?? os.cpus().length) - 1)
+    if (!fs.existsSync(WORKER_FILE)) return new InlineSealer(keys)
+    try {
+      return new PooledSealer(keys, threads)
+    } catch {
+      return new InlineSealer(keys)
+    }
+  }
+
+  private settle (reply: SealReply): void {
+    const w = this.waiting.get(reply.seq)
+    if (!w) return
+    this.waiting.delete(reply.seq)
+    this.busy[w.worker]--
+    if ('error' in reply) w.reject(new Error(reply.error))
+    else w.resolve(reply)
+  }
+
+  private failWorker (index: number, err: Error): void {
+    for (const [seq, w] of this.waiting) {
+      if (w.worker !== index) continue
+      this.waiting.delete(seq)
+      w.reject(err)
+    }
+  }
+
+  private send (job: Job, transfer: ArrayBuffer[] = []): Promise<SealReply> {
+    let worker = 0
+    for (let i = 1; i < this.workers.length; i++) if (this.busy[i] < this.busy[worker]) worker = i
+    const seq = ++this.seq
+    this.busy[worker]++
+    return new Promise((resolve, reject) => {
+      this.waiting.set(seq, { resolve, reject, worker })
+      this.workers[worker].postMessage({ ...job, seq }, transfer)
+    })
+  }
+
+  async chunk (plain: Buffer): Promise<{ id: Buffer, sealed: Buffer }> {
+    const moved = owned(plain)
+    const r = await this.send({ op: 'chunk', plain: moved }, [moved.buffer as ArrayBuffer]) as { id: Uint8Array, sealed: Uint8Array }
+    return { id: toBuf(r.id), sealed: toBuf(r.sealed) }
+  }
+
+  async open (id: Buffer, sealed: Buffer): Promise<Buffer | null> {
+    const moved = owned(sealed)
+    const r = await this.send({ op: 'open', id: Buffer.from(id), sealed: moved }, [moved.buffer as ArrayBuffer]) as { plain: Uint8Array | null }
+    return r.plain ? toBuf(r.plain) : null
+  }
+
+  async sealBlocks (slot: number, version: number, partnerIds: Buffer[], payloads: Buffer[]): Promise<Buffer[]> {
+    const blockSize = payloads[0].length
+    const all = owned(Buffer.concat(payloads))
+    const ids = partnerIds.map(p => Buffer.from(p))
+    const r = await this.send({ op: 'seal-blocks', slot, version, blockSize, partnerIds: ids, payloads: all }, [all.buffer as ArrayBuffer]) as { blocks: Uint8Array[] }
+    return r.blocks.map(toBuf)
+  }
+
+  async checkBlock (partnerId: Buffer, slot: number, version: number, block: Buffer | null): Promise<{ check: BlockCheck, block: Buffer | null }> {
+    const moved = block ? owned(block) : null
+    const r = await this.send({ op: 'check-block', slot, version, partnerId: Buffer.from(partnerId), block: moved }, moved ? [moved.buffer as ArrayBuffer] : []) as { check: BlockCheck, block: Uint8Array | null }
+    return { check: r.check, block: r.block ? toBuf(r.block) : null }
+  }
+
+  async close (): Promise<void> {
+    await Promise.all(this.workers.map(w => w.terminate()))
+  }
+}
