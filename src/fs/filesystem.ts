@@ -18,6 +18,14 @@ const XATTR_REPLACE = 2
 // fuse-native turns a timespec into milliseconds; UTIME_OMIT (tv_sec 0, tv_nsec 2^30 - 2) arrives as this.
 const UTIME_OMIT_MS = 1073
 const PATH_CACHE_ENTRIES = 200_000
+// libfuse's high-level API does not unlink a file that is still open: it renames it to a hidden name of this
+// form and unlinks that name on the last close. Linux shows no such name, so these renames drop the file's
+// name here and keep the inode reachable under the hidden name only (see hide).
+const HIDDEN_NAME = /^\.fuse_hidden[0-9a-f]{16}$/
+// Extended attribute namespaces stored as given. system.* (POSIX ACLs above all) is refused like on a
+// filesystem without ACL support: storing system.posix_acl_access would make cp -a believe the mode was
+// set through the ACL and skip its chmod, while the kernel would enforce neither.
+const XATTR_NAMESPACES = ['user.', 'trusted.', 'security.']
 
 export interface Attr extends Inode {
   blocks: number
@@ -66,6 +74,8 @@ export class Filesystem {
   private readonly openCount = new Map<number, number>()
   private readonly locks = new Map<number, { lock: Lock, users: number }>()
   private readonly paths = new Map<string, number>()
+  // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
+  private readonly hidden = new Map<string, number>()
   // Bumped on every write to a dirty block; the packer commits a block only if it did not change meanwhile.
   readonly gens = new Map<string, number>()
   // Last write time and highest block written per inode: the packer leaves a file's tail alone while it grows.
@@ -103,12 +113,18 @@ export class Filesystem {
     if (path === '/') return ROOT_INO
     const cached = this.paths.get(path)
     if (cached !== undefined) return cached
+    if (this.hidden.size > 0) {
+      const h = this.hidden.get(path.slice(path.lastIndexOf('/') + 1))
+      if (h !== undefined) return h
+    }
     const parts = this.split(path)
     let ino = ROOT_INO
     let sofar = ''
     for (const name of parts) {
       const inode = this.meta.getInode(ino)
       if (!inode || !isDir(inode.mode)) throw fsErr('ENOTDIR')
+      // Linux filesystems answer a lookup of an over-long name with ENAMETOOLONG, not ENOENT.
+      if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
       sofar += '/' + name
       const hit = this.paths.get(sofar)
       const next = hit ?? this.meta.lookup(ino, name)
@@ -301,6 +317,8 @@ export class Filesystem {
     const ino = this.resolve(src)
     const inode = this.inode(ino)
     if (isDir(inode.mode)) throw fsErr('EPERM')
+    // An open file whose last name is gone cannot get a name again (linkat of /proc/self/fd/N).
+    if (inode.nlink === 0) throw fsErr('ENOENT')
     const { parent, name } = this.parentOf(dst)
     this.meta.tx(() => {
       if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
@@ -317,6 +335,15 @@ export class Filesystem {
   }
 
   async unlink (path: string): Promise<void> {
+    const base = path.slice(path.lastIndexOf('/') + 1)
+    const hiddenIno = this.hidden.get(base)
+    if (hiddenIno !== undefined) {
+      // libfuse drops the hidden name after the last close; the inode went then unless it has other names.
+      this.hidden.delete(base)
+      const inode = this.meta.getInode(hiddenIno)
+      if (inode && inode.nlink === 0 && !this.isOpen(hiddenIno)) await this.destroyInode(hiddenIno)
+      return
+    }
     const { parent, name } = this.parentOf(path)
     const ino = this.meta.lookup(parent, name)
     if (ino === undefined) throw fsErr('ENOENT')
@@ -388,6 +415,11 @@ export class Filesystem {
     const d = this.parentOf(dst)
     const ino = this.meta.lookup(s.parent, s.name)
     if (ino === undefined) throw fsErr('ENOENT')
+    // libfuse hides only open files; a user's own rename to such a name stays a plain rename.
+    if (HIDDEN_NAME.test(d.name) && this.isOpen(ino) && this.meta.lookup(d.parent, d.name) === undefined) {
+      await this.hide(src, s.parent, s.name, ino, d.name)
+      return
+    }
     const inode = this.inode(ino)
     const dir = isDir(inode.mode)
     if (dir) {
@@ -430,11 +462,28 @@ export class Filesystem {
     this.onChange()
   }
 
+  // libfuse's unlink (or rename over) of an open file, made a rename to a hidden name: the name goes as in an
+  // unlink, so listings, rmdir and nlink are what Linux shows, and the inode stays reachable by the hidden
+  // name until libfuse unlinks that after the last close.
+  private async hide (src: string, parent: number, name: string, ino: number, hiddenName: string): Promise<void> {
+    if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR')
+    const gone = this.meta.tx(() => this.dropName(parent, name, ino))
+    this.forget(src, false)
+    if (gone) await this.destroyInode(ino)
+    else this.hidden.set(hiddenName, ino)
+    this.onChange()
+  }
+
   // ---- extended attributes ----
+
+  private xattrName (name: string): void {
+    if (!XATTR_NAMESPACES.some(ns => name.startsWith(ns))) throw fsErr('EOPNOTSUPP')
+  }
 
   setxattr (path: string, name: string, value: Buffer, flags: number): void {
     const ino = this.resolve(path)
     if (Buffer.byteLength(name) > 255 || name.length === 0) throw fsErr('ERANGE')
+    this.xattrName(name)
     if (value.length > MAX_XATTR_VALUE_BYTES) throw fsErr('E2BIG')
     this.meta.tx(() => {
       const has = this.meta.getXattr(ino, name) !== undefined
@@ -453,17 +502,20 @@ export class Filesystem {
   }
 
   getxattr (path: string, name: string): Buffer {
-    const value = this.meta.getXattr(this.resolve(path), name)
+    const ino = this.resolve(path)
+    this.xattrName(name)
+    const value = this.meta.getXattr(ino, name)
     if (value === undefined) throw fsErr('ENODATA')
     return value
   }
 
   listxattr (path: string): string[] {
-    return this.meta.listXattr(this.resolve(path))
+    return this.meta.listXattr(this.resolve(path)).filter(n => XATTR_NAMESPACES.some(ns => n.startsWith(ns)))
   }
 
   removexattr (path: string, name: string): void {
     const ino = this.resolve(path)
+    this.xattrName(name)
     this.meta.tx(() => {
       if (!this.meta.delXattr(ino, name)) throw fsErr('ENODATA')
       const inode = this.inode(ino)

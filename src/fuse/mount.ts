@@ -1,4 +1,6 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 import { loadFuse } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
@@ -43,6 +45,34 @@ const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions']
 const DEBUG_LOG = process.env.COOPFS_FUSE_LOG === '1'
 
 type Cb = (...args: any[]) => void
+
+// fuse-native 2.2.6's C glue hands utimens the access time twice (it converts l->atime for both arguments),
+// so every utimensat(2) set the modification time to the access time: cp -a, rsync -a and tar lost every
+// mtime. The glue's per-thread struct, which holds the real mtime, is a Buffer this process allocated
+// (fuse-native's _malloc) and arrives as each handler's first argument. Offsets of its size_t atime and
+// mtime fields on 64-bit Linux; every call checks that atime is where expected before mtime is read there.
+const LOCALS_ATIME_OFFSET = 104
+const LOCALS_MTIME_OFFSET = 112
+
+function opUtimens (): number {
+  try {
+    const req = createRequire(import.meta.url)
+    const dir = dirname(req.resolve('fuse-native/package.json'))
+    const binding = createRequire(join(dir, 'index.js'))('node-gyp-build')(dir) as { op_utimens?: number }
+    if (typeof binding.op_utimens === 'number') return binding.op_utimens
+  } catch {}
+  return 12 // op_utimens in fuse-native 2.2's glue
+}
+
+// The mtime the kernel asked for, as fuse-native's (low, high) pair, or null when the struct does not
+// look as expected (then the old behaviour stays: both times from atime).
+function realMtime (locals: unknown, atimeLow: number, atimeHigh: number): [number, number] | null {
+  if (!Buffer.isBuffer(locals) || locals.length < LOCALS_MTIME_OFFSET + 8) return null
+  const atime = BigInt(atimeLow) + (BigInt(atimeHigh) << 32n)
+  if (locals.readBigUInt64LE(LOCALS_ATIME_OFFSET) !== atime) return null
+  const mtime = locals.readBigUInt64LE(LOCALS_MTIME_OFFSET)
+  return [Number(mtime & 0xffffffffn), Number(mtime >> 32n)]
+}
 
 export interface MountOptions {
   mountpoint: string
@@ -112,7 +142,21 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     removexattr: (path, name, cb) => run('removexattr', cb, () => fs.removexattr(path, name))
   }
 
+  const OP_UTIMENS = opUtimens()
+
   class CoopFuse extends Fuse {
+    constructor (mnt: string, handlers: Record<string, Cb>, opts: ConstructorParameters<typeof Fuse>[2]) {
+      super(mnt, handlers, opts)
+      const table = (this as unknown as { _handlers: Cb[] })._handlers
+      const inner = table[OP_UTIMENS]
+      if (typeof inner !== 'function') return
+      table[OP_UTIMENS] = (locals: unknown, op: number, p: string, aLow: number, aHigh: number, mLow: number, mHigh: number) => {
+        const m = realMtime(locals, aLow, aHigh)
+        if (m) [mLow, mHigh] = m
+        inner(locals, op, p, aLow, aHigh, mLow, mHigh)
+      }
+    }
+
     protected override _fuseOptions (): string {
       const base = super._fuseOptions()
       const extra = EXTRA_OPTIONS.join(',')
