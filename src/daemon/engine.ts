@@ -183,6 +183,7 @@ export class Engine {
   }
 
   private async checkpointLocked (): Promise<number> {
+    this.fs.commitPending()
     const seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
     this.fs.refreshLiveBytes()
     this.changed = false

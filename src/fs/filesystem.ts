@@ -46,10 +46,16 @@ export interface StatFs {
   namemax: number
 }
 
+// What writes changed in an inode and the store does not hold yet.
+interface PendingWrite {
+  size: number
+  mtime: number
+  fresh: Set<number>
+}
+
 interface Handle {
   ino: number
   flags: number
-  wrote: boolean
 }
 
 export interface FilesystemOptions {
@@ -72,6 +78,7 @@ export class Filesystem {
   private readonly handles = new Map<number, Handle>()
   private nextFh = 1
   private readonly openCount = new Map<number, number>()
+  private readonly pending = new Map<number, PendingWrite>()
   private readonly locks = new Map<number, { lock: Lock, users: number }>()
   private readonly paths = new Map<string, number>()
   // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
@@ -158,10 +165,37 @@ export class Filesystem {
     return { parent, name }
   }
 
+  // Every read-modify-write of an inode starts from the store with this inode's pending writes applied.
   private inode (ino: number): Inode {
+    if (this.pending.has(ino)) this.commitPending(ino)
     const inode = this.meta.getInode(ino)
     if (!inode) throw fsErr('ENOENT')
     return inode
+  }
+
+  // Commits what writes changed (new dirty blocks, size, times) for one inode, or all, in one transaction.
+  commitPending (ino?: number): void {
+    const list: Array<[number, PendingWrite]> = []
+    if (ino === undefined) list.push(...this.pending)
+    else if (this.pending.has(ino)) list.push([ino, this.pending.get(ino)!])
+    if (list.length === 0) return
+    this.meta.tx(() => {
+      for (const [i, p] of list) {
+        const cur = this.meta.getInode(i)
+        if (!cur) continue
+        for (const blk of p.fresh) this.meta.addDirty(i, blk)
+        if (p.size > cur.size) cur.size = p.size
+        cur.mtime = cur.ctime = p.mtime
+        // Writing clears set-user-ID and set-group-ID, as on any Linux filesystem.
+        if (cur.mode & 0o6000) cur.mode &= ~0o6000
+        this.meta.updateInode(cur)
+      }
+    })
+    for (const [i] of list) this.pending.delete(i)
+  }
+
+  private isDirtyBlock (ino: number, blk: number): boolean {
+    return this.pending.get(ino)?.fresh.has(blk) === true || this.meta.isDirty(ino, blk)
   }
 
   private async withInode<T> (ino: number, fn: () => Promise<T>): Promise<T> {
@@ -395,11 +429,12 @@ export class Filesystem {
 
   private async destroyInode (ino: number): Promise<void> {
     await this.withInode(ino, async () => {
-      let freed = 0
+      let freed = this.pending.get(ino)?.fresh.size ?? 0
+      this.pending.delete(ino)
       this.meta.tx(() => {
         for (const e of this.meta.extentsFrom(ino, 0)) this.meta.unrefChunk(e.chunk)
         this.meta.delExtentsFrom(ino, 0)
-        freed = this.meta.delDirtyFrom(ino, 0)
+        freed += this.meta.delDirtyFrom(ino, 0)
         this.meta.deleteInode(ino)
       })
       this.wb.adjust(-freed * this.chunkSize)
@@ -536,7 +571,7 @@ export class Filesystem {
   private addHandle (ino: number, flags: number): number {
     const fh = this.nextFh++
     if (this.nextFh > 0x7fffffff) this.nextFh = 1
-    this.handles.set(fh, { ino, flags, wrote: false })
+    this.handles.set(fh, { ino, flags })
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1)
     return fh
   }
@@ -567,7 +602,7 @@ export class Filesystem {
     const h = this.handles.get(fh)
     if (!h) return
     this.handles.delete(fh)
-    if (h.wrote) await this.makeDurable(h.ino)
+    this.commitPending(h.ino)
     const left = (this.openCount.get(h.ino) ?? 1) - 1
     if (left > 0) {
       this.openCount.set(h.ino, left)
@@ -578,11 +613,15 @@ export class Filesystem {
     if (inode && inode.nlink === 0) await this.destroyInode(h.ino)
   }
 
-  async fsync (fh: number): Promise<void> {
-    await this.makeDurable(this.handle(fh).ino)
+  // close(2) waits for flush: once it returns, the file's writes are committed to the store's log, so they
+  // survive a killed daemon. fsync also forces data and log to the disk, so they survive a power loss.
+  flush (fh: number): void {
+    this.commitPending(this.handle(fh).ino)
   }
 
-  private async makeDurable (ino: number): Promise<void> {
+  async fsync (fh: number): Promise<void> {
+    const ino = this.handle(fh).ino
+    this.commitPending(ino)
     await this.wb.sync(ino)
     await this.syncMeta()
   }
@@ -608,7 +647,7 @@ export class Filesystem {
 
   // Copies bytes [inBlock, inBlock + n) of file block blk into buf at off.
   private async readBlockInto (ino: number, blk: number, buf: Buffer, off: number, inBlock: number, n: number): Promise<void> {
-    if (this.meta.isDirty(ino, blk)) {
+    if (this.isDirtyBlock(ino, blk)) {
       await this.wb.read(ino, blk * this.chunkSize + inBlock, n, buf, off)
       return
     }
@@ -655,14 +694,17 @@ export class Filesystem {
     await this.wb.waitForRoom()
     return this.withInode(h.ino, async () => {
       const ino = h.ino
-      const inode = this.inode(ino)
-      if (h.flags & 0o2000) pos = inode.size // O_APPEND
+      const stored = this.meta.getInode(ino)
+      if (!stored) throw fsErr('ENOENT')
+      let p = this.pending.get(ino)
+      const size = Math.max(stored.size, p?.size ?? 0)
+      if (h.flags & 0o2000) pos = size // O_APPEND
       const CS = this.chunkSize
       const end = pos + len
       const first = Math.floor(pos / CS)
       const last = Math.floor((end - 1) / CS)
       const fresh: number[] = []
-      for (let blk = first; blk <= last; blk++) if (!this.meta.isDirty(ino, blk)) fresh.push(blk)
+      for (let blk = first; blk <= last; blk++) if (!this.isDirtyBlock(ino, blk)) fresh.push(blk)
       if (fresh.length && this.liveBytes + this.wb.dirtyBytes + fresh.length * CS > this.disk.usableBytes()) {
         throw fsErr('ENOSPC')
       }
@@ -670,25 +712,24 @@ export class Filesystem {
       // it that the file holds.
       for (const blk of fresh) {
         const bStart = blk * CS
-        const covered = pos <= bStart && end >= Math.min(bStart + CS, inode.size)
+        const covered = pos <= bStart && end >= Math.min(bStart + CS, size)
         if (!covered && this.meta.getExtent(ino, blk)) await this.wb.write(ino, await this.storedBlock(ino, blk), bStart)
       }
       await this.wb.write(ino, len === buf.length ? buf : buf.subarray(0, len), pos)
+      // The metadata change waits in memory until close, fsync, another operation on the inode, or the
+      // background loop commits it: one transaction per write would cost more than the write itself.
       const now = Date.now()
-      this.meta.tx(() => {
-        for (const blk of fresh) this.meta.addDirty(ino, blk)
-        const cur = this.inode(ino)
-        if (end > cur.size) cur.size = end
-        cur.mtime = cur.ctime = now
-        // Writing clears set-user-ID and set-group-ID, as on any Linux filesystem.
-        if (cur.mode & 0o6000) cur.mode &= ~0o6000
-        this.meta.updateInode(cur)
-      })
+      if (!p) {
+        p = { size, mtime: now, fresh: new Set() }
+        this.pending.set(ino, p)
+      }
+      for (const blk of fresh) p.fresh.add(blk)
+      if (end > p.size) p.size = end
+      p.mtime = now
       for (let blk = first; blk <= last; blk++) this.bump(ino, blk)
       this.wb.adjust(fresh.length * CS)
       const w = this.writing.get(ino)
       this.writing.set(ino, { at: now, maxBlk: Math.max(last, w?.maxBlk ?? 0) })
-      h.wrote = true
       this.onChange()
       return len
     })
@@ -699,9 +740,7 @@ export class Filesystem {
   }
 
   async ftruncate (fh: number, size: number): Promise<void> {
-    const h = this.handle(fh)
-    h.wrote = true
-    await this.truncateIno(h.ino, size)
+    await this.truncateIno(this.handle(fh).ino, size)
   }
 
   private async truncateIno (ino: number, size: number): Promise<void> {

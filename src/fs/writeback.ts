@@ -10,7 +10,8 @@ export class WriteBack {
   readonly dir: string
   readonly limitBytes: number
   dirtyBytes = 0
-  private readonly handles = new Map<number, Promise<fsp.FileHandle>>()
+  // Open descriptors by inode, least recently used first (Map order is insertion order).
+  private readonly fds = new Map<number, number>()
   private waiters: Array<() => void> = []
 
   constructor (dir: string, limitBytes: number) {
@@ -23,61 +24,52 @@ export class WriteBack {
     return path.join(this.dir, String(ino))
   }
 
-  private handle (ino: number): Promise<fsp.FileHandle> {
-    let h = this.handles.get(ino)
-    if (h) {
-      // Map order is insertion order: re-inserting keeps the most recently used last.
-      this.handles.delete(ino)
-      this.handles.set(ino, h)
-      return h
+  // Writes and reads go to the page cache synchronously: a round trip through the thread pool costs more
+  // than the copy itself, and every FUSE write waits for it.
+  private fd (ino: number): number {
+    let fd = this.fds.get(ino)
+    if (fd !== undefined) {
+      this.fds.delete(ino)
+      this.fds.set(ino, fd)
+      return fd
     }
-    h = fsp.open(this.file(ino), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600)
-    h.catch(() => this.handles.delete(ino))
-    this.handles.set(ino, h)
-    if (this.handles.size > MAX_OPEN_FILES) {
-      const [oldest, old] = this.handles.entries().next().value as [number, Promise<fsp.FileHandle>]
-      this.handles.delete(oldest)
-      old.then(fh => fh.close(), () => {})
+    fd = fs.openSync(this.file(ino), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600)
+    this.fds.set(ino, fd)
+    if (this.fds.size > MAX_OPEN_FILES) {
+      const [oldest, oldFd] = this.fds.entries().next().value as [number, number]
+      this.fds.delete(oldest)
+      fs.closeSync(oldFd)
     }
-    return h
+    return fd
   }
 
   async write (ino: number, buf: Buffer, pos: number): Promise<void> {
-    const fh = await this.handle(ino)
+    const fd = this.fd(ino)
     let done = 0
-    while (done < buf.length) {
-      const { bytesWritten } = await fh.write(buf, done, buf.length - done, pos + done)
-      done += bytesWritten
-    }
+    while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done)
   }
 
   // Reads len bytes at pos; what the store does not hold reads as zeros.
   async read (ino: number, pos: number, len: number, into?: Buffer, intoOff = 0): Promise<Buffer> {
     const out = into ?? Buffer.alloc(len)
     if (into) out.fill(0, intoOff, intoOff + len)
-    const fh = await this.handle(ino)
+    const fd = this.fd(ino)
     let done = 0
     while (done < len) {
-      const { bytesRead } = await fh.read(out, intoOff + done, len - done, pos + done)
-      if (bytesRead === 0) break
-      done += bytesRead
+      const n = fs.readSync(fd, out, intoOff + done, len - done, pos + done)
+      if (n === 0) break
+      done += n
     }
     return out
   }
 
   async truncate (ino: number, size: number): Promise<void> {
-    const fh = await this.handle(ino)
-    await fh.truncate(size)
+    fs.ftruncateSync(this.fd(ino), size)
   }
 
-  // fdatasync flushes the file, whichever descriptor wrote it: a file whose handle was closed to stay
-  // under MAX_OPEN_FILES is opened again for it.
+  // fdatasync flushes the file whichever descriptor wrote it; a descriptor of its own keeps the cached
+  // one free to be closed meanwhile.
   async sync (ino: number): Promise<void> {
-    const h = this.handles.get(ino)
-    if (h) {
-      await (await h).datasync()
-      return
-    }
     let fh: fsp.FileHandle
     try {
       fh = await fsp.open(this.file(ino), 'r')
@@ -92,10 +84,10 @@ export class WriteBack {
   }
 
   async remove (ino: number): Promise<void> {
-    const h = this.handles.get(ino)
-    this.handles.delete(ino)
-    if (h) await h.then(fh => fh.close(), () => {})
-    await fsp.rm(this.file(ino), { force: true })
+    const fd = this.fds.get(ino)
+    this.fds.delete(ino)
+    if (fd !== undefined) fs.closeSync(fd)
+    fs.rmSync(this.file(ino), { force: true })
   }
 
   adjust (deltaBytes: number): void {
@@ -117,8 +109,7 @@ export class WriteBack {
   }
 
   async close (): Promise<void> {
-    const all = [...this.handles.values()]
-    this.handles.clear()
-    await Promise.all(all.map(h => h.then(fh => fh.close(), () => {})))
+    for (const fd of this.fds.values()) fs.closeSync(fd)
+    this.fds.clear()
   }
 }

@@ -122,7 +122,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     create: (path, mode, cb) => run('create', cb, () => fs.create(path, mode), value),
     open: (path, flags, cb) => run('open', cb, () => fs.open(path, flags), value),
     release: (_path, fd, cb) => run('release', cb, () => fs.release(fd)),
-    flush: (_path, _fd, cb) => cb(0),
+    flush: (_path, fd, cb) => run('flush', cb, () => fs.flush(fd)),
     fsync: (_path, _datasync, fd, cb) => run('fsync', cb, () => fs.fsync(fd)),
     read: (_path, fd, buf, len, pos, cb) => run('read', cb, () => fs.read(fd, buf, len, pos), count),
     write: (_path, fd, buf, len, pos, cb) => run('write', cb, () => fs.write(fd, buf, len, pos), count),
