@@ -29,7 +29,7 @@ function isZero (buf: Buffer): boolean {
 export class Packer {
   private readonly fs: Filesystem
   private readonly disk: LogicalDisk
-  // Blocks already sitting in the open segment, by the slot of that segment: they wait for its stripe.
+  // Blocks already in a segment that is filling or being written, by its slot: they wait for its stripe.
   private readonly inSegment = new Map<string, number>()
 
   constructor (fs: Filesystem, disk: LogicalDisk) {
@@ -42,10 +42,9 @@ export class Packer {
   private candidates (force: boolean): Array<{ ino: number, blk: number }> {
     const now = Date.now()
     const out: Array<{ ino: number, blk: number }> = []
-    const open = this.disk.openSlot()
     for (const row of this.fs.meta.dirtyBlocks(SCAN_LIMIT)) {
       const slot = this.inSegment.get(row.ino + ':' + row.blk)
-      if (slot !== undefined && slot === open) continue
+      if (slot !== undefined && this.disk.inFlight(slot)) continue
       const w = this.fs.writing.get(row.ino)
       if (force || !w || now - w.at >= PACK_IDLE_MS || row.blk < w.maxBlk) out.push(row)
       if (out.length >= BLOCKS_PER_ROUND) break

@@ -20,6 +20,9 @@ export interface Loc {
 
 type Commit = (loc: Loc) => void
 
+// Segments written to the partners at once while the next one fills.
+const MAX_STRIPES_IN_FLIGHT = 3
+
 interface OpenSegment {
   slot: number
   version: number
@@ -51,6 +54,9 @@ export class LogicalDisk {
   readonly reservedSlots: number
   readonly lock = new Lock()
   private open: OpenSegment | null = null
+  // Stripes on their way to the partners, by slot, and the first error one of them met.
+  private readonly writing = new Map<number, Promise<void>>()
+  private writeError: Error | null = null
   // Checkpoints and the cleaner may use the reserved slots; file data may not.
   useReserve = false
   // Called after a segment's chunks were committed (live bytes changed).
@@ -142,11 +148,17 @@ export class LogicalDisk {
   }
 
   // Appends a sealed chunk to the open segment; commit runs inside the transaction that records the
-  // segment as written, so nothing refers to a chunk before its stripe is durable. Caller holds the lock.
+  // segment as written, so nothing refers to a chunk before its stripe is durable. A full segment goes to
+  // the partners in the background while the next one fills. Caller holds the lock.
   async append (id: Buffer, sealed: Buffer, commit: Commit): Promise<void> {
     if (sealed.length > this.segmentBytes) throw new CoopError('EINVAL', 'chunk larger than a segment')
+    this.throwWriteError()
     const key = id.toString('hex')
-    if (this.open && this.open.fill + sealed.length > this.segmentBytes) await this.flush()
+    if (this.open && this.open.fill + sealed.length > this.segmentBytes) {
+      this.startWrite()
+      while (this.writing.size >= MAX_STRIPES_IN_FLIGHT) await Promise.race(this.writing.values())
+      this.throwWriteError()
+    }
     if (!this.open) {
       const { slot, version } = this.allocate()
       this.open = { slot, version, buf: Buffer.alloc(this.segmentBytes), fill: 0, pending: [], byId: new Map(), openedAt: Date.now() }
@@ -166,6 +178,11 @@ export class LogicalDisk {
     return this.open !== null
   }
 
+  // True while the segment in slot is filling or on its way to the partners.
+  inFlight (slot: number): boolean {
+    return this.open?.slot === slot || this.writing.has(slot)
+  }
+
   openSlot (): number {
     return this.open ? this.open.slot : -1
   }
@@ -175,11 +192,30 @@ export class LogicalDisk {
     return this.open ? Date.now() - this.open.openedAt : 0
   }
 
-  // Writes the open segment (padded with zeros) to the partners and commits what was waiting on it.
+  // Writes the open segment (padded with zeros) and waits for every stripe on its way to the partners.
   async flush (): Promise<void> {
+    this.startWrite()
+    await Promise.all(this.writing.values())
+    this.throwWriteError()
+  }
+
+  private startWrite (): void {
     const seg = this.open
     if (!seg) return
     this.open = null
+    const done = this.writeSegment(seg)
+      .catch((err: Error) => { this.writeError ??= err })
+      .finally(() => this.writing.delete(seg.slot))
+    this.writing.set(seg.slot, done)
+  }
+
+  private throwWriteError (): void {
+    const err = this.writeError
+    this.writeError = null
+    if (err) throw err
+  }
+
+  private async writeSegment (seg: OpenSegment): Promise<void> {
     try {
       await this.partners.writeStripe(seg.slot, seg.version, seg.buf)
     } catch (err) {
