@@ -18,6 +18,7 @@ const XATTR_REPLACE = 2
 // fuse-native turns a timespec into milliseconds; UTIME_OMIT (tv_sec 0, tv_nsec 2^30 - 2) arrives as this.
 const UTIME_OMIT_MS = 1073
 const PATH_CACHE_ENTRIES = 200_000
+const READAHEAD_CHUNKS = 8
 // libfuse's high-level API does not unlink a file that is still open: it renames it to a hidden name of this
 // form and unlinks that name on the last close. Linux shows no such name, so these renames drop the file's
 // name here and keep the inode reachable under the hidden name only (see hide).
@@ -79,6 +80,8 @@ export class Filesystem {
   private nextFh = 1
   private readonly openCount = new Map<number, number>()
   private readonly pending = new Map<number, PendingWrite>()
+  // Where the last read of each file ended, to tell sequential reads.
+  private readonly lastReadEnd = new Map<number, number>()
   private readonly locks = new Map<number, { lock: Lock, users: number }>()
   private readonly paths = new Map<string, number>()
   // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
@@ -609,6 +612,7 @@ export class Filesystem {
       return
     }
     this.openCount.delete(h.ino)
+    this.lastReadEnd.delete(h.ino)
     const inode = this.meta.getInode(h.ino)
     if (inode && inode.nlink === 0) await this.destroyInode(h.ino)
   }
@@ -642,7 +646,20 @@ export class Filesystem {
       jobs.push(this.readBlockInto(ino, blk, buf, from - pos, from - bStart, to - from))
     }
     await Promise.all(jobs)
+    if (this.lastReadEnd.get(ino) === pos) this.readAhead(ino, last + 1, inode.size)
+    this.lastReadEnd.set(ino, pos + len)
     return len
+  }
+
+  // A file read in order has its next chunks fetched before they are asked for, so a sequential read
+  // overlaps partner reads instead of waiting on one at a time.
+  private readAhead (ino: number, from: number, size: number): void {
+    const end = Math.min(from + READAHEAD_CHUNKS, Math.ceil(size / this.chunkSize))
+    for (let blk = from; blk < end; blk++) {
+      if (this.isDirtyBlock(ino, blk)) continue
+      const chunk = this.meta.getExtent(ino, blk)
+      if (chunk) this.disk.readChunk(chunk).catch(() => {})
+    }
   }
 
   // Copies bytes [inBlock, inBlock + n) of file block blk into buf at off.

@@ -65,6 +65,8 @@ export class LogicalDisk {
   private readonly blockCache: LRUCache<string, Buffer>
   stats = { stripesWritten: 0, bytesWritten: 0, chunkReads: 0, cacheHits: 0 }
   private counts: { free: number, live: number, pendingFree: number } | null = null
+  private readonly chunkReads = new Map<string, Promise<Buffer>>()
+  private readonly blockReads = new Map<string, Promise<Buffer>>()
   private readonly st: Record<string, Database.Statement>
 
   constructor ({ meta, partners, keys, sealer, slots, cacheBytes }: LogicalDiskOptions) {
@@ -243,14 +245,24 @@ export class LogicalDisk {
     return this.st.release.run(SEG_FREE, SEG_PENDING_FREE).changes
   }
 
-  async readChunk (id: Buffer): Promise<Buffer> {
+  // Concurrent reads of one chunk (a read and a read-ahead) share one fetch.
+  readChunk (id: Buffer): Promise<Buffer> {
     const key = id.toString('hex')
     const hit = this.chunkCache.get(key)
     this.stats.chunkReads++
     if (hit) {
       this.stats.cacheHits++
-      return hit
+      return Promise.resolve(hit)
     }
+    let p = this.chunkReads.get(key)
+    if (!p) {
+      p = this.fetchChunk(id, key).finally(() => this.chunkReads.delete(key))
+      this.chunkReads.set(key, p)
+    }
+    return p
+  }
+
+  private async fetchChunk (id: Buffer, key: string): Promise<Buffer> {
     let loc = this.meta.getChunk(id)
     if (!loc) throw new CoopError('EIO', `chunk ${key.slice(0, 16)} is not in the chunk index`)
     let plain: Buffer | null
@@ -277,28 +289,39 @@ export class LogicalDisk {
     return data.subarray(start, start + loc.len)
   }
 
+  // Data blocks first..last of a stripe from the block cache, fetching the missing ones; a block already
+  // being fetched is waited for rather than fetched twice.
   private async readBlocks (slot: number, version: number, first: number, last: number): Promise<Buffer> {
     const keyOf = (i: number): string => `${slot}:${version}:${i}`
-    const parts: Array<Buffer | undefined> = []
+    const parts: Array<Buffer | Promise<Buffer>> = []
     let lo = -1
     let hi = -1
     for (let i = first; i <= last; i++) {
-      const b = this.blockCache.get(keyOf(i))
-      parts.push(b)
-      if (!b) {
-        if (lo < 0) lo = i
-        hi = i
+      const b = this.blockCache.get(keyOf(i)) ?? this.blockReads.get(keyOf(i))
+      if (b) {
+        parts.push(b)
+        continue
       }
+      parts.push(Buffer.alloc(0))
+      if (lo < 0) lo = i
+      hi = i
     }
     if (lo >= 0) {
-      const fetched = await this.partners.readData(slot, version, lo, hi)
+      const fetch = this.partners.readData(slot, version, lo, hi)
       for (let i = lo; i <= hi; i++) {
-        const b = fetched.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize)
-        this.blockCache.set(keyOf(i), b)
-        parts[i - first] = b
+        const k = keyOf(i)
+        if (this.blockCache.has(k) || this.blockReads.has(k)) continue
+        const one = fetch.then(all => {
+          const b = all.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize)
+          this.blockCache.set(k, b)
+          return b
+        }).finally(() => this.blockReads.delete(k))
+        this.blockReads.set(k, one)
+        parts[i - first] = one
       }
     }
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts as Buffer[])
+    const blocks = await Promise.all(parts)
+    return blocks.length === 1 ? blocks[0] : Buffer.concat(blocks)
   }
 
 
