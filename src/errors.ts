@@ -19,6 +19,16 @@ export class FsError extends Error {
   }
 }
 
+// Lookups that miss (ENOENT, ENODATA) are a normal part of filesystem traffic: the common case reuses one
+// error per code instead of capturing a stack trace each time.
+const shared = new Map<string, FsError>()
+
 export function fsErr (code: string, message?: string): FsError {
-  return new FsError(code, message)
+  if (message !== undefined) return new FsError(code, message)
+  let err = shared.get(code)
+  if (!err) {
+    err = new FsError(code)
+    shared.set(code, err)
+  }
+  return err
 }
