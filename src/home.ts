@@ -11,15 +11,24 @@ export interface PartnerEntry {
   path: string
 }
 
-export interface HomeConfig {
-  format: number
-  publicKey: string
+// The shape of the backup: erasure code, sizes and partners. The home's configuration and the master block
+// on the partners both carry it.
+export interface Layout {
   k: number
   m: number
   blockSize: number
   chunkSize: number
   slots: number
   partners: PartnerEntry[]
+}
+
+export interface HomeConfig extends Layout {
+  format: number
+  publicKey: string
+}
+
+export function layoutOf (l: Layout): Layout {
+  return { k: l.k, m: l.m, blockSize: l.blockSize, chunkSize: l.chunkSize, slots: l.slots, partners: l.partners }
 }
 
 export function resolveHome (flag?: string): string {

@@ -4,29 +4,13 @@
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, sync, sh, run, type Setup } from './helpers.js'
+import { init, mount, unmount, sync, sh, run, type Setup, mounted, errCode } from './helpers.js'
 
-interface T {
-  teardown: (fn: () => unknown) => void
-}
 
 // Generous stall guards for the long tests; no test depends on speed.
 const LONG = { timeout: 15 * 60_000 }
 
-async function mounted (t: T): Promise<Setup> {
-  const s = await init(t, { slots: 512 })
-  await mount(s)
-  return s
-}
 
-function errCode (fn: () => unknown): string {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err)
-  }
-}
 
 function pwrite (file: string, buf: Buffer, pos: number): void {
   const fd = fs.openSync(file, fs.existsSync(file) ? 'r+' : 'w+')

@@ -6,32 +6,14 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, status, sync, sh, run, isMounted, type Setup } from './helpers.js'
+import { init, mount, unmount, status, sync, sh, run, isMounted, type Setup, mounted, errCode } from './helpers.js'
 
 const CHUNK = 128 * 1024
-// init(t, { slots: 512 }): 512 slots of one 1 MiB segment (k = 4 blocks of 256 KiB) each.
-const LOGICAL_BYTES = 512 * 1024 * 1024
+// mounted(t) makes a home of 512 slots: a logical disk of 512 segments of k = 4 blocks of about 256 KiB.
+const LOGICAL_BYTES = 512 * 4 * 2 * (CHUNK + 16)
 
-interface T {
-  teardown: (fn: () => unknown) => void
-}
 
-// A fresh home, mounted.
-async function mounted (t: T): Promise<Setup> {
-  const s = await init(t, { slots: 512 })
-  await mount(s)
-  return s
-}
 
-// The errno name a call fails with, or 'ok'.
-function errCode (fn: () => unknown): string {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err)
-  }
-}
 
 // Runs python3 code in another process; the code prints one JSON value.
 async function py (code: string, ...args: string[]): Promise<any> {

@@ -6,17 +6,9 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, sync, sh, run, type Setup } from './helpers.js'
+import { init, mount, unmount, sync, sh, run, type Setup, mounted } from './helpers.js'
 
-interface T {
-  teardown: (fn: () => unknown) => void
-}
 
-async function mounted (t: T): Promise<Setup> {
-  const s = await init(t, { slots: 512 })
-  await mount(s)
-  return s
-}
 
 // Runs a list of xattr operations (JSON on stdin) in one python3 process. Each result is ['ok', value] or [errno name].
 // Values travel as hex. Operations: set/lset PATH NAME HEX [FLAGS], get/lget PATH NAME, list/llist PATH,

@@ -116,3 +116,20 @@ export function partnerDirs (home: string): string[] {
   const cfg = JSON.parse(fs.readFileSync(path.join(home, 'config.json'), 'utf8')) as { partners: Array<{ path: string }> }
   return cfg.partners.map(p => p.path)
 }
+
+// A fresh home, mounted.
+export async function mounted (t: Teardown): Promise<Setup> {
+  const s = await init(t, { slots: 512 })
+  await mount(s)
+  return s
+}
+
+// The errno name a call fails with, or 'ok'.
+export function errCode (fn: () => unknown): string {
+  try {
+    fn()
+    return 'ok'
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err)
+  }
+}

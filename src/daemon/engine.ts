@@ -21,6 +21,7 @@ import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
 import { PooledSealer, type Sealer } from '../crypto/seal-pool.js'
 
 const ERROR_BACKOFF_MS = 1000
+const LIVE_REFRESH_MS = 250
 
 export interface EngineOptions {
   writebackBytes?: number
@@ -61,6 +62,7 @@ export class Engine {
   private loopDone: Promise<void> | null = null
   private wake: (() => void) | null = null
   private idle = false
+  private liveRefreshedAt = 0
   private changed = false
   private lastCheckpointAt = 0
   lastError: string | null = null
@@ -108,7 +110,14 @@ export class Engine {
       this.changed = true
       if (this.idle || this.wb.full()) this.kick()
     }
-    this.disk.onCommitted = () => this.fs.refreshLiveBytes()
+    // Summing live bytes reads the whole segment table: after commits, at most every LIVE_REFRESH_MS (the
+    // figure only moves from pending to stored there, so the space check stays on the safe side).
+    this.disk.onCommitted = () => {
+      const now = Date.now()
+      if (now - this.liveRefreshedAt < LIVE_REFRESH_MS) return
+      this.liveRefreshedAt = now
+      this.fs.refreshLiveBytes()
+    }
     this.packer = new Packer(this.fs, this.disk)
     this.lastCheckpointAt = Date.now()
   }
@@ -219,7 +228,7 @@ export class Engine {
     const ec = nativeAvailable()
     const counts = this.disk.slotCounts()
     return {
-      bytesStored: this.fs.liveBytes,
+      bytesStored: this.disk.liveBytes(),
       bytesPending: this.wb.dirtyBytes,
       logicalBytes: this.cfg.slots * this.disk.segmentBytes,
       usableBytes: this.disk.usableBytes(),

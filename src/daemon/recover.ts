@@ -5,7 +5,7 @@ import path from 'node:path'
 import { CoopError } from '../errors.js'
 import { FORMAT_VERSION } from '../config.js'
 import { decodeRecoveryKey, deriveKeys } from '../crypto/keys.js'
-import { Home, type PartnerEntry } from '../home.js'
+import { Home, layoutOf, type PartnerEntry } from '../home.js'
 import { newestMaster } from '../log/master-block.js'
 import { restoreCheckpoint } from '../log/checkpoint.js'
 import { LocalDirPartner } from '../partners/local-dir.js'
@@ -56,11 +56,7 @@ export async function recoverHome (homeDir: string, recoveryKey: string, partner
   home.writeConfig({
     format: FORMAT_VERSION,
     publicKey: keys.publicKey.toString('hex'),
-    k: body.k,
-    m: body.m,
-    blockSize: body.blockSize,
-    chunkSize: body.chunkSize,
-    slots: body.slots,
+    ...layoutOf(body),
     partners: entries
   })
 }

@@ -9,7 +9,7 @@ import { MetaStore, SEG_FREE, SEG_OPEN, SEG_LIVE, SEG_PENDING_FREE } from '../fs
 import type { LogicalDisk, Loc } from './logical-disk.js'
 import type { Keys } from '../crypto/keys.js'
 import type { PartnerSet } from '../partners/partner-set.js'
-import type { HomeConfig } from '../home.js'
+import { layoutOf, type HomeConfig } from '../home.js'
 
 const RECOVERY_VERSION_STEP = 1_000_000
 
@@ -51,12 +51,7 @@ export async function writeCheckpoint (disk: LogicalDisk, cfg: HomeConfig, chunk
 
   const seq = Number(meta.kvGet('checkpointSeq') ?? 0) + 1
   const body: MasterBody = {
-    k: cfg.k,
-    m: cfg.m,
-    blockSize: cfg.blockSize,
-    chunkSize: cfg.chunkSize,
-    slots: cfg.slots,
-    partners: cfg.partners,
+    ...layoutOf(cfg),
     checkpoint: { seq, dbBytes: snapshot.length, pieces: manifest },
     createdAt: new Date().toISOString()
   }

@@ -117,7 +117,7 @@ export class LogicalDisk {
     return (this.st.liveBytes.get() as { n: number }).n
   }
 
-  // Segment states change only here, so the counts are kept until one does.
+  // Segment states change only here: the counts are read once and then kept up to date as states move.
   slotCounts (): { free: number, live: number, pendingFree: number } {
     if (this.counts) return this.counts
     const rows = this.st.counts.all() as Array<{ state: number, n: number }>
@@ -136,7 +136,9 @@ export class LogicalDisk {
     if (!this.useReserve && this.slotCounts().free <= Math.floor(this.reservedSlots / 2)) {
       throw new CoopError('ENOSPC', 'the logical disk is full')
     }
-    this.counts = null
+    const counts = this.slotCounts()
+    counts.free--
+    counts.live++
     const free = this.st.firstFree.get(SEG_FREE) as { slot: number, version: number } | undefined
     if (free) {
       const version = Math.max(free.version, base) + 1
@@ -144,7 +146,10 @@ export class LogicalDisk {
       return { slot: free.slot, version }
     }
     const next = (this.st.nextSlot.get() as { n: number }).n
-    if (next >= this.slots) throw new CoopError('ENOSPC', 'the logical disk has no free segment')
+    if (next >= this.slots) {
+      this.counts = null
+      throw new CoopError('ENOSPC', 'the logical disk has no free segment')
+    }
     this.st.insert.run(next, base + 1, SEG_OPEN)
     return { slot: next, version: base + 1 }
   }
@@ -222,7 +227,9 @@ export class LogicalDisk {
       await this.partners.writeStripe(seg.slot, seg.version, seg.buf)
     } catch (err) {
       this.st.setState.run(SEG_FREE, seg.slot)
-      this.counts = null
+      const counts = this.slotCounts()
+      counts.free++
+      counts.live--
       throw err
     }
     this.stats.stripesWritten++
@@ -236,13 +243,19 @@ export class LogicalDisk {
 
   // Segments whose every chunk is gone wait for the next checkpoint before they can be reused.
   retireEmptySegments (): number {
-    this.counts = null
-    return this.st.retire.run(SEG_PENDING_FREE, SEG_LIVE).changes
+    const counts = this.slotCounts()
+    const n = this.st.retire.run(SEG_PENDING_FREE, SEG_LIVE).changes
+    counts.live -= n
+    counts.pendingFree += n
+    return n
   }
 
   releasePendingFree (): number {
-    this.counts = null
-    return this.st.release.run(SEG_FREE, SEG_PENDING_FREE).changes
+    const counts = this.slotCounts()
+    const n = this.st.release.run(SEG_FREE, SEG_PENDING_FREE).changes
+    counts.pendingFree -= n
+    counts.free += n
+    return n
   }
 
   // Concurrent reads of one chunk (a read and a read-ahead) share one fetch.

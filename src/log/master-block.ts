@@ -12,7 +12,7 @@
 import { CoopError } from '../errors.js'
 import { sealRecord, openRecord, sign, verify } from '../crypto/seal.js'
 import type { Keys } from '../crypto/keys.js'
-import type { PartnerEntry } from '../home.js'
+import type { Layout } from '../home.js'
 
 const MAGIC = Buffer.from('CPFM')
 const FORMAT = 1
@@ -27,13 +27,7 @@ export interface CheckpointPiece {
   len: number
 }
 
-export interface MasterBody {
-  k: number
-  m: number
-  blockSize: number
-  chunkSize: number
-  slots: number
-  partners: PartnerEntry[]
+export interface MasterBody extends Layout {
   checkpoint: {
     seq: number
     dbBytes: number
