@@ -70,7 +70,7 @@ export class MetaStore {
     // Durability against a killed process comes from WAL commits; against power loss, fsync/close sync
     // the WAL file explicitly (see walFile).
     this.db.pragma('synchronous = NORMAL')
-    this.db.pragma('cache_size = -32000')
+    this.db.pragma('cache_size = -16000')
     this.db.exec(SCHEMA)
     if (!this.getInodeRow(ROOT_INO)) {
       const now = Date.now()

@@ -21,7 +21,7 @@ export interface Loc {
 type Commit = (loc: Loc) => void
 
 // Segments written to the partners at once while the next one fills.
-const MAX_STRIPES_IN_FLIGHT = 3
+const MAX_STRIPES_IN_FLIGHT = 2
 
 interface OpenSegment {
   slot: number
