@@ -93,3 +93,18 @@ test('unmount of a folder that is not a coopfs mount is an error', async t => {
   t.not(r.code, 0)
   t.ok(/not a coopfs mount point/.test(r.stderr) && oneLine(r.stderr), r.stderr)
 })
+
+test('once stored at the partners, closed files leave nothing in the local write-back store', async t => {
+  const s = await init(t)
+  await mount(s)
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `f${i}`), Buffer.alloc(200_000, i + 1))
+  const wbDir = path.join(s.home, 'writeback')
+  t.ok(fs.readdirSync(wbDir).length > 0, 'written data waits in the write-back store')
+  const r = await cli(['sync', '--home', s.home])
+  t.is(r.code, 0, r.stderr)
+  t.is(fs.readdirSync(wbDir).length, 0, 'write-back store is empty')
+  const st = await status(s.home)
+  t.is(st.bytesPending, 0)
+  for (let i = 0; i < 20; i++) t.ok(fs.readFileSync(path.join(s.mnt, `f${i}`)).equals(Buffer.alloc(200_000, i + 1)))
+  await unmount(s.mnt)
+})

@@ -613,6 +613,7 @@ export class Filesystem {
     }
     this.openCount.delete(h.ino)
     this.lastReadEnd.delete(h.ino)
+    await this.dropWriteback(h.ino)
     const inode = this.meta.getInode(h.ino)
     if (inode && inode.nlink === 0) await this.destroyInode(h.ino)
   }
@@ -799,8 +800,13 @@ export class Filesystem {
     this.onChange()
   }
 
-  openHandles (): number {
-    return this.handles.size
+  // Deletes an inode's write-back file once everything in it is stored in the log and no handle or
+  // pending write can add to it, so the store holds only what still waits to be packed.
+  async dropWriteback (ino: number): Promise<void> {
+    await this.withInode(ino, async () => {
+      if (this.isOpen(ino) || this.pending.has(ino) || this.meta.dirtyCount(ino) > 0) return
+      await this.wb.remove(ino)
+    })
   }
 
   isOpen (ino: number): boolean {

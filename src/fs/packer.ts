@@ -31,6 +31,7 @@ export class Packer {
   private readonly disk: LogicalDisk
   // Blocks already in a segment that is filling or being written, by its slot: they wait for its stripe.
   private readonly inSegment = new Map<string, number>()
+  private readonly stored = new Set<number>()
 
   constructor (fs: Filesystem, disk: LogicalDisk) {
     this.fs = fs
@@ -59,6 +60,7 @@ export class Packer {
   // One round under the disk lock. Returns the number of blocks handled. With force, the open segment is
   // written even if it is not full.
   async round (force: boolean): Promise<number> {
+    await this.dropStoredWriteback()
     this.fs.commitPending()
     const todo = this.candidates(force)
     const meta = this.fs.meta
@@ -76,8 +78,18 @@ export class Packer {
       }
     }
     // A partly filled segment waits a little for more data before it is written.
-    if (force || (todo.length === 0 && this.disk.openAgeMs() >= SEGMENT_FLUSH_MS)) await this.disk.flush()
+    if (force || (todo.length === 0 && this.disk.openAgeMs() >= SEGMENT_FLUSH_MS)) {
+      await this.disk.flush()
+      await this.dropStoredWriteback()
+    }
     return todo.length
+  }
+
+  // Write-back files of inodes whose blocks were all committed to the log since the last look.
+  private async dropStoredWriteback (): Promise<void> {
+    const inos = [...this.stored]
+    this.stored.clear()
+    for (const ino of inos) await this.fs.dropWriteback(ino)
   }
 
   // Reads a dirty block and seals it. The generation is taken first: a write landing meanwhile bumps it,
@@ -111,6 +123,7 @@ export class Packer {
     }
     if (old) meta.unrefChunk(old)
     meta.delDirty(ino, blk)
+    this.stored.add(ino)
     this.fs.forgetGen(ino, blk)
     this.fs.wb.adjust(-this.fs.chunkSize)
   }
