@@ -4,7 +4,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { cli, init, mount, sync, unmount, partnerDirs, sh } from './helpers.js'
+import { cli, init, mount, sync, unmount, partnerDirs, sh, status, isMounted } from './helpers.js'
 
 interface Entry { type: string, mode: number, size: number, mtimeMs: number, nlink: number, ino: number, hash?: string, target?: string, xattr?: string }
 
@@ -106,4 +106,29 @@ test('a wrong recovery key or one with a typo is one clear error, and nothing is
   t.is(bad.code, 1)
   t.ok(/typo/.test(bad.stderr) && bad.stderr.trim().split('\n').length === 1, bad.stderr)
   t.is(fs.readdirSync(s.mnt).length, 0, 'nothing mounted')
+})
+
+test('data packed in the background is checkpointed without a sync and survives the loss of the machine', async t => {
+  const s = await init(t, { partnersOutside: true })
+  const r = await cli(['mount', s.mnt, '--home', s.home], { COOPFS_CHECKPOINT_INTERVAL_MS: '300' })
+  t.is(r.code, 0, r.stderr)
+  const data = crypto.randomBytes(2 * 1024 * 1024 + 3)
+  fs.writeFileSync(path.join(s.mnt, 'background.bin'), data)
+  // Bounded by count, not time: wait until the daemon reports everything stored and checkpointed.
+  let settled = false
+  for (let i = 0; i < 200 && !settled; i++) {
+    const st = await status(s.home)
+    settled = st.bytesPending === 0 && st.changedSinceCheckpoint === false && st.checkpoint > 0
+    if (!settled) await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  t.ok(settled, 'the daemon reports the data stored and checkpointed')
+  const { pid } = await status(s.home)
+  process.kill(pid, 'SIGKILL')
+  for (let i = 0; i < 100 && isMounted(s.mnt); i++) await new Promise(resolve => setTimeout(resolve, 50))
+  const partners = partnerDirs(s.home)
+  fs.rmSync(s.home, { recursive: true })
+  const rec = await cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, 'h2'), '--local-partners', partners.join(',')], { COOPFS_RECOVERY_KEY: s.recoveryKey })
+  t.is(rec.code, 0, rec.stderr)
+  t.ok(fs.readFileSync(path.join(s.mnt, 'background.bin')).equals(data), 'the file comes back whole')
+  await unmount(s.mnt)
 })

@@ -124,6 +124,7 @@ export class Engine {
 
   async start (): Promise<void> {
     await this.fs.removeOrphans()
+    await this.fs.tidyWriteback()
     this.loopDone = this.loop()
   }
 
@@ -193,9 +194,16 @@ export class Engine {
 
   private async checkpointLocked (): Promise<number> {
     this.fs.commitPending()
-    const seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
-    this.fs.refreshLiveBytes()
+    // Cleared before the snapshot: a change made while the checkpoint is written marks it again.
     this.changed = false
+    let seq: number
+    try {
+      seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
+    } catch (err) {
+      this.changed = true
+      throw err
+    }
+    this.fs.refreshLiveBytes()
     this.lastCheckpointAt = Date.now()
     return seq
   }
@@ -204,6 +212,7 @@ export class Engine {
   async sync (timeoutMs = 0): Promise<number> {
     const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : Infinity
     return this.disk.lock.run(async () => {
+      this.fs.commitPending()
       while (this.packer.pending() > 0) {
         if (Date.now() > deadline) throw new CoopError('ETIMEDOUT', `${this.packer.pending()} blocks were still waiting to be stored when the timeout ran out`)
         await this.packRound(true)

@@ -113,6 +113,17 @@ export class Filesystem {
     for (const r of rows) await this.destroyInode(r.ino)
   }
 
+  // After a killed daemon, write-back files may hold bytes no committed metadata accounts for (writes not
+  // yet committed, an inode destroyed halfway). Files with nothing dirty go; the rest are cut to the
+  // committed size, so bytes past the end of a file read as zeros again.
+  async tidyWriteback (): Promise<void> {
+    for (const ino of this.wb.inodes()) {
+      const inode = this.meta.getInode(ino)
+      if (!inode || this.meta.dirtyCount(ino) === 0) await this.wb.remove(ino)
+      else await this.wb.truncate(ino, inode.size)
+    }
+  }
+
   // ---- paths ----
 
   private split (path: string): string[] {
@@ -614,6 +625,7 @@ export class Filesystem {
     this.openCount.delete(h.ino)
     this.lastReadEnd.delete(h.ino)
     await this.dropWriteback(h.ino)
+    if (this.isOpen(h.ino)) return
     const inode = this.meta.getInode(h.ino)
     if (inode && inode.nlink === 0) await this.destroyInode(h.ino)
   }
@@ -712,33 +724,46 @@ export class Filesystem {
     await this.wb.waitForRoom()
     return this.withInode(h.ino, async () => {
       const ino = h.ino
-      const stored = this.meta.getInode(ino)
-      if (!stored) throw fsErr('ENOENT')
-      let p = this.pending.get(ino)
-      const size = Math.max(stored.size, p?.size ?? 0)
-      if (h.flags & 0o2000) pos = size // O_APPEND
       const CS = this.chunkSize
+      const sizeNow = (): number => {
+        const stored = this.meta.getInode(ino)
+        if (!stored) throw fsErr('ENOENT')
+        return Math.max(stored.size, this.pending.get(ino)?.size ?? 0)
+      }
+      // Size changes only under this inode's lock, so it holds across the awaits below.
+      const size = sizeNow()
+      if (h.flags & 0o2000) pos = size // O_APPEND
       const end = pos + len
       const first = Math.floor(pos / CS)
       const last = Math.floor((end - 1) / CS)
+      // Bumped before anything is awaited: a packer commit landing during the awaits must not mark these
+      // blocks clean with their old contents.
+      for (let blk = first; blk <= last; blk++) this.bump(ino, blk)
+      // A block becoming dirty gets its full current image first (zeros for a hole, whose write-back bytes
+      // may be stale), unless this write covers every byte of it that the file holds. Images are fetched
+      // first; everything after them runs without yielding, so no commit can slip in between.
+      const images = new Map<number, Buffer>()
+      for (let blk = first; blk <= last; blk++) {
+        const bStart = blk * CS
+        const covered = pos <= bStart && end >= Math.min(bStart + CS, size)
+        if (!covered && !this.isDirtyBlock(ino, blk)) images.set(blk, await this.storedBlock(ino, blk))
+      }
       const fresh: number[] = []
       for (let blk = first; blk <= last; blk++) if (!this.isDirtyBlock(ino, blk)) fresh.push(blk)
       if (fresh.length && this.liveBytes + this.wb.dirtyBytes + fresh.length * CS > this.disk.usableBytes()) {
         throw fsErr('ENOSPC')
       }
-      // A block becoming dirty gets its full current image first, unless this write covers every byte of
-      // it that the file holds.
       for (const blk of fresh) {
-        const bStart = blk * CS
-        const covered = pos <= bStart && end >= Math.min(bStart + CS, size)
-        if (!covered && this.meta.getExtent(ino, blk)) await this.wb.write(ino, await this.storedBlock(ino, blk), bStart)
+        const image = images.get(blk)
+        if (image) this.wb.write(ino, image, blk * CS)
       }
-      await this.wb.write(ino, len === buf.length ? buf : buf.subarray(0, len), pos)
+      this.wb.write(ino, len === buf.length ? buf : buf.subarray(0, len), pos)
       // The metadata change waits in memory until close, fsync, another operation on the inode, or the
       // background loop commits it: one transaction per write would cost more than the write itself.
       const now = Date.now()
+      let p = this.pending.get(ino)
       if (!p) {
-        p = { size, mtime: now, fresh: new Set() }
+        p = { size: sizeNow(), mtime: now, fresh: new Set() }
         this.pending.set(ino, p)
       }
       for (const blk of fresh) p.fresh.add(blk)

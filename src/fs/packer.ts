@@ -124,6 +124,8 @@ export class Packer {
     if (old) meta.unrefChunk(old)
     meta.delDirty(ino, blk)
     this.stored.add(ino)
+    // The tree's extents changed: the next checkpoint must record them.
+    this.fs.onChange()
     this.fs.forgetGen(ino, blk)
     this.fs.wb.adjust(-this.fs.chunkSize)
   }

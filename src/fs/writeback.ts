@@ -43,7 +43,7 @@ export class WriteBack {
     return fd
   }
 
-  async write (ino: number, buf: Buffer, pos: number): Promise<void> {
+  write (ino: number, buf: Buffer, pos: number): void {
     const fd = this.fd(ino)
     let done = 0
     while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done)
@@ -61,6 +61,11 @@ export class WriteBack {
       done += n
     }
     return out
+  }
+
+  // The inodes that have a file in the store.
+  inodes (): number[] {
+    return fs.readdirSync(this.dir).filter(n => /^\d+$/.test(n)).map(Number)
   }
 
   async truncate (ino: number, size: number): Promise<void> {

@@ -49,7 +49,10 @@ export async function writeCheckpoint (disk: LogicalDisk, cfg: HomeConfig, chunk
     for (const o of old) meta.unrefChunk(o.chunk)
   })
 
-  const seq = Number(meta.kvGet('checkpointSeq') ?? 0) + 1
+  // Every attempt gets a number of its own, recorded before the master block goes out: a master block that
+  // reached some partners and then failed must never share its version with a different one.
+  const seq = Math.max(Number(meta.kvGet('checkpointSeq') ?? 0), Number(meta.kvGet('checkpointSeqUsed') ?? 0)) + 1
+  meta.kvSet('checkpointSeqUsed', seq)
   const body: MasterBody = {
     ...layoutOf(cfg),
     checkpoint: { seq, dbBytes: snapshot.length, pieces: manifest },
@@ -97,10 +100,7 @@ export async function restoreCheckpoint (keys: Keys, partners: PartnerSet, metaF
       const insert = d.prepare('INSERT INTO checkpoint_chunks (idx, chunk) VALUES (?, ?)')
       body.checkpoint.pieces.forEach((p, i) => {
         const id = Buffer.from(p.id, 'hex')
-        const seg = meta.getSegment(p.slot)
-        if (!seg || seg.version !== p.version || seg.state !== SEG_LIVE) {
-          upsertSeg.run(p.slot, p.version, SEG_LIVE, p.off + p.len)
-        }
+        upsertSeg.run(p.slot, p.version, SEG_LIVE, p.off + p.len)
         meta.refChunk(id, { slot: p.slot, off: p.off, len: p.len })
         insert.run(i, id)
       })

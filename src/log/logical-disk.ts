@@ -226,8 +226,8 @@ export class LogicalDisk {
     try {
       await this.partners.writeStripe(seg.slot, seg.version, seg.buf)
     } catch (err) {
-      this.st.setState.run(SEG_FREE, seg.slot)
       const counts = this.slotCounts()
+      this.st.setState.run(SEG_FREE, seg.slot)
       counts.free++
       counts.live--
       throw err

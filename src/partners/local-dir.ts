@@ -25,7 +25,7 @@ export class LocalDirPartner implements Partner {
   readonly slots: number
   readonly slotBytes: number
   private readonly dir: string
-  private fd: fsp.FileHandle | null = null
+  private fd: Promise<fsp.FileHandle> | null = null
   private dirtySinceFlush = false
 
   private constructor (dir: string, info: DirInfo) {
@@ -76,8 +76,13 @@ export class LocalDirPartner implements Partner {
     return fs.existsSync(path.join(this.dir, SLOTS_FILE))
   }
 
-  private async handle (): Promise<fsp.FileHandle> {
-    if (!this.fd) this.fd = await fsp.open(path.join(this.dir, SLOTS_FILE), 'r+')
+  // One descriptor however many first calls race for it; a failed open is tried again next time.
+  private handle (): Promise<fsp.FileHandle> {
+    if (!this.fd) {
+      const opening = fsp.open(path.join(this.dir, SLOTS_FILE), 'r+')
+      opening.catch(() => { if (this.fd === opening) this.fd = null })
+      this.fd = opening
+    }
     return this.fd
   }
 
@@ -115,7 +120,7 @@ export class LocalDirPartner implements Partner {
   async flush (): Promise<void> {
     if (!this.fd || !this.dirtySinceFlush) return
     this.dirtySinceFlush = false
-    await this.fd.datasync()
+    await (await this.fd).datasync()
   }
 
   async putMaster (data: Buffer): Promise<void> {
@@ -134,7 +139,7 @@ export class LocalDirPartner implements Partner {
   async close (): Promise<void> {
     const fd = this.fd
     this.fd = null
-    if (fd) await fd.close()
+    if (fd) await fd.then(h => h.close(), () => {})
   }
 }
 
