@@ -4,7 +4,7 @@
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, sync, sh, run, type Setup, mounted, errCode } from './helpers.js'
+import { init, mount, unmount, sync, sh, run, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
 
 
 // Generous stall guards for the long tests; no test depends on speed.
@@ -12,24 +12,7 @@ const LONG = { timeout: 15 * 60_000 }
 
 
 
-function pwrite (file: string, buf: Buffer, pos: number): void {
-  const fd = fs.openSync(file, fs.existsSync(file) ? 'r+' : 'w+')
-  try {
-    fs.writeSync(fd, buf, 0, buf.length, pos)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
 
-function pread (file: string, len: number, pos: number): Buffer {
-  const fd = fs.openSync(file, 'r')
-  try {
-    const buf = Buffer.alloc(len)
-    return buf.subarray(0, fs.readSync(fd, buf, 0, len, pos))
-  } finally {
-    fs.closeSync(fd)
-  }
-}
 
 const GiB = 1024 * 1024 * 1024
 

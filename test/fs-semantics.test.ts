@@ -6,7 +6,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, status, sync, sh, run, isMounted, type Setup, mounted, errCode } from './helpers.js'
+import { init, mount, unmount, status, sync, sh, run, isMounted, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
 
 const CHUNK = 128 * 1024
 // mounted(t) makes a home of 512 slots: a logical disk of 512 segments of k = 4 blocks of about 256 KiB.
@@ -22,25 +22,7 @@ async function py (code: string, ...args: string[]): Promise<any> {
   return JSON.parse(r.stdout)
 }
 
-function pwrite (file: string, buf: Buffer, pos: number, flags = 'r+'): void {
-  const fd = fs.openSync(file, flags)
-  try {
-    fs.writeSync(fd, buf, 0, buf.length, pos)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
 
-function pread (file: string, len: number, pos: number): Buffer {
-  const fd = fs.openSync(file, 'r')
-  try {
-    const buf = Buffer.alloc(len)
-    const n = fs.readSync(fd, buf, 0, len, pos)
-    return buf.subarray(0, n)
-  } finally {
-    fs.closeSync(fd)
-  }
-}
 
 const zeros = (buf: Buffer): boolean => buf.every(b => b === 0)
 

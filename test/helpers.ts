@@ -133,3 +133,24 @@ export function errCode (fn: () => unknown): string {
     return (err as NodeJS.ErrnoException).code ?? String(err)
   }
 }
+
+// Writes buf at pos, creating the file when it does not exist yet.
+export function pwrite (file: string, buf: Buffer, pos: number, flags = fs.existsSync(file) ? 'r+' : 'w+'): void {
+  const fd = fs.openSync(file, flags)
+  try {
+    fs.writeSync(fd, buf, 0, buf.length, pos)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+// Up to len bytes at pos (fewer at the end of the file).
+export function pread (file: string, len: number, pos: number): Buffer {
+  const fd = fs.openSync(file, 'r')
+  try {
+    const buf = Buffer.alloc(len)
+    return buf.subarray(0, fs.readSync(fd, buf, 0, len, pos))
+  } finally {
+    fs.closeSync(fd)
+  }
+}
