@@ -71,10 +71,15 @@ export class PooledSealer implements Sealer {
   private readonly workers: Worker[]
   private readonly busy: number[]
   private readonly waiting = new Map<number, { resolve: (r: SealReply) => void, reject: (e: Error) => void, worker: number }>()
+  private readonly dead = new Set<number>()
+  // Takes over if every worker died, so the data path keeps going (slower) instead of waiting forever.
+  private readonly inline: InlineSealer
+  private closing = false
   private seq = 0
 
   private constructor (keys: Keys, threads: number) {
     this.threads = threads
+    this.inline = new InlineSealer(keys)
     const workerData = { dataKey: keys.dataKey, chunkIdKey: keys.chunkIdKey, integrityKey: keys.integrityKey }
     this.workers = []
     this.busy = []
@@ -83,6 +88,7 @@ export class PooledSealer implements Sealer {
       w.unref()
       w.on('message', (reply: SealReply) => this.settle(reply))
       w.on('error', err => this.failWorker(i, err))
+      w.on('exit', code => this.failWorker(i, new Error(`sealing thread exited with code ${code}`)))
       this.workers.push(w)
       this.busy.push(0)
     }
@@ -109,6 +115,8 @@ export class PooledSealer implements Sealer {
   }
 
   private failWorker (index: number, err: Error): void {
+    if (this.closing) return
+    this.dead.add(index)
     for (const [seq, w] of this.waiting) {
       if (w.worker !== index) continue
       this.waiting.delete(seq)
@@ -116,9 +124,15 @@ export class PooledSealer implements Sealer {
     }
   }
 
+  private allDead (): boolean {
+    return this.dead.size === this.workers.length
+  }
+
   private send (job: Job, transfer: ArrayBuffer[] = []): Promise<SealReply> {
-    let worker = 0
-    for (let i = 1; i < this.workers.length; i++) if (this.busy[i] < this.busy[worker]) worker = i
+    let worker = -1
+    for (let i = 0; i < this.workers.length; i++) {
+      if (!this.dead.has(i) && (worker < 0 || this.busy[i] < this.busy[worker])) worker = i
+    }
     const seq = ++this.seq
     this.busy[worker]++
     return new Promise((resolve, reject) => {
@@ -128,18 +142,21 @@ export class PooledSealer implements Sealer {
   }
 
   async chunk (plain: Buffer): Promise<{ id: Buffer, sealed: Buffer }> {
+    if (this.allDead()) return this.inline.chunk(plain)
     const moved = owned(plain)
     const r = await this.send({ op: 'chunk', plain: moved }, [moved.buffer as ArrayBuffer]) as { id: Uint8Array, sealed: Uint8Array }
     return { id: toBuf(r.id), sealed: toBuf(r.sealed) }
   }
 
   async open (id: Buffer, sealed: Buffer): Promise<Buffer | null> {
+    if (this.allDead()) return this.inline.open(id, sealed)
     const moved = owned(sealed)
     const r = await this.send({ op: 'open', id: Buffer.from(id), sealed: moved }, [moved.buffer as ArrayBuffer]) as { plain: Uint8Array | null }
     return r.plain ? toBuf(r.plain) : null
   }
 
   async sealBlocks (slot: number, version: number, partnerIds: Buffer[], payloads: Buffer[]): Promise<Buffer[]> {
+    if (this.allDead()) return this.inline.sealBlocks(slot, version, partnerIds, payloads)
     const blockSize = payloads[0].length
     const all = owned(Buffer.concat(payloads))
     const ids = partnerIds.map(p => Buffer.from(p))
@@ -148,12 +165,14 @@ export class PooledSealer implements Sealer {
   }
 
   async checkBlock (partnerId: Buffer, slot: number, version: number, block: Buffer | null): Promise<{ check: BlockCheck, block: Buffer | null }> {
+    if (this.allDead()) return this.inline.checkBlock(partnerId, slot, version, block)
     const moved = block ? owned(block) : null
     const r = await this.send({ op: 'check-block', slot, version, partnerId: Buffer.from(partnerId), block: moved }, moved ? [moved.buffer as ArrayBuffer] : []) as { check: BlockCheck, block: Uint8Array | null }
     return { check: r.check, block: r.block ? toBuf(r.block) : null }
   }
 
   async close (): Promise<void> {
+    this.closing = true
     await Promise.all(this.workers.map(w => w.terminate()))
   }
 }
