@@ -81,7 +81,9 @@ test('mount errors: missing mount point, not a folder, not empty, already mounte
 test('unknown commands and options are usage errors', async t => {
   const r = await cli(['frobnicate'])
   t.is(r.code, 2)
-  const o = await cli(['status', '--bogus', 'x', '--home', tmpdir()])
+  const home = tmpdir()
+  t.teardown(() => fs.rmSync(home, { recursive: true, force: true }))
+  const o = await cli(['status', '--bogus', 'x', '--home', home])
   t.is(o.code, 2)
   t.ok(/unknown option --bogus/.test(o.stderr))
 })
