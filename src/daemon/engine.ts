@@ -63,6 +63,7 @@ export class Engine {
   private wake: (() => void) | null = null
   private idle = false
   private liveRefreshedAt = 0
+  private liveTimer: NodeJS.Timeout | null = null
   private changed = false
   private lastCheckpointAt = 0
   lastError: string | null = null
@@ -113,10 +114,10 @@ export class Engine {
     // Summing live bytes reads the whole segment table: after commits, at most every LIVE_REFRESH_MS (the
     // figure only moves from pending to stored there, so the space check stays on the safe side).
     this.disk.onCommitted = () => {
-      const now = Date.now()
-      if (now - this.liveRefreshedAt < LIVE_REFRESH_MS) return
-      this.liveRefreshedAt = now
-      this.fs.refreshLiveBytes()
+      const wait = this.liveRefreshedAt + LIVE_REFRESH_MS - Date.now()
+      if (wait <= 0) return this.refreshLive()
+      // A commit inside the window is counted by one refresh at its end.
+      if (!this.liveTimer) this.liveTimer = setTimeout(() => this.refreshLive(), wait).unref()
     }
     this.packer = new Packer(this.fs, this.disk)
     this.lastCheckpointAt = Date.now()
@@ -126,6 +127,14 @@ export class Engine {
     await this.fs.removeOrphans()
     await this.fs.tidyWriteback()
     this.loopDone = this.loop()
+  }
+
+  private refreshLive (): void {
+    if (this.liveTimer) clearTimeout(this.liveTimer)
+    this.liveTimer = null
+    if (this.closed) return
+    this.liveRefreshedAt = Date.now()
+    this.fs.refreshLiveBytes()
   }
 
   private kick (): void {
