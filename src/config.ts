@@ -28,8 +28,6 @@ export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
 export const SEGMENT_FLUSH_MS = envInt('COOPFS_SEGMENT_FLUSH_MS', 1000)
 // Metadata checkpoints are written at most this often while the tree changes (and at sync/unmount).
 export const CHECKPOINT_INTERVAL_MS = envInt('COOPFS_CHECKPOINT_INTERVAL_MS', 30_000)
-// In-memory file state (sizes, dirty blocks) is committed to the metadata store at least this often.
-export const META_COMMIT_INTERVAL_MS = 1000
 
 // Fraction of the logical disk kept free for the cleaner and for checkpoints; writes past it get ENOSPC.
 export const RESERVED_FRACTION = 0.08

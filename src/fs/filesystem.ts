@@ -232,9 +232,6 @@ export class Filesystem {
     return this.attrOf(this.resolve(path))
   }
 
-  fgetattr (fh: number): Attr {
-    return this.attrOf(this.handle(fh).ino)
-  }
 
   private attrOf (ino: number): Attr {
     const inode = this.inode(ino)

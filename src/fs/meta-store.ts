@@ -103,7 +103,6 @@ export class MetaStore {
       isDirty: p('SELECT 1 FROM dirty WHERE ino = ? AND blk = ?'),
       addDirty: p('INSERT OR IGNORE INTO dirty (ino, blk) VALUES (?, ?)'),
       delDirty: p('DELETE FROM dirty WHERE ino = ? AND blk = ?'),
-      dirtyFrom: p('SELECT blk FROM dirty WHERE ino = ? AND blk >= ?'),
       delDirtyFrom: p('DELETE FROM dirty WHERE ino = ? AND blk >= ?'),
       allDirty: p('SELECT ino, blk FROM dirty ORDER BY ino, blk LIMIT ?'),
       countDirty: p('SELECT count(*) AS n FROM dirty'),
@@ -116,7 +115,6 @@ export class MetaStore {
       moveChunk: p('UPDATE chunks SET slot = ?, off = ? WHERE id = ?'),
       chunksInSlot: p('SELECT id, off, len FROM chunks WHERE slot = ?'),
       addLive: p('UPDATE segments SET live = live + ? WHERE slot = ?'),
-      getSegment: p('SELECT * FROM segments WHERE slot = ?'),
       kvGet: p('SELECT value FROM kv WHERE key = ?'),
       kvSet: p('INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)')
     }
@@ -240,9 +238,6 @@ export class MetaStore {
     return this.st.delDirty.run(ino, blk).changes > 0
   }
 
-  dirtyFrom (ino: number, blk: number): number[] {
-    return (this.st.dirtyFrom.all(ino, blk) as Row[]).map(r => r.blk as number)
-  }
 
   delDirtyFrom (ino: number, blk: number): number {
     return this.st.delDirtyFrom.run(ino, blk).changes
@@ -288,9 +283,6 @@ export class MetaStore {
     return this.st.chunksInSlot.all(slot) as Array<{ id: Buffer, off: number, len: number }>
   }
 
-  getSegment (slot: number): { slot: number, version: number, state: number, used: number, live: number } | undefined {
-    return this.st.getSegment.get(slot) as { slot: number, version: number, state: number, used: number, live: number } | undefined
-  }
 
   serialize (): Buffer {
     return this.db.serialize()

@@ -9,7 +9,6 @@ import { CoopError } from '../errors.js'
 
 const require = createRequire(import.meta.url)
 let loaded: typeof FuseClass | null = null
-export let libfuseSource = 'system'
 
 export function loadFuse (): typeof FuseClass {
   if (loaded) return loaded
@@ -29,7 +28,6 @@ export function loadFuse (): typeof FuseClass {
   preload.loadGlobal(shared.lib)
   const bin = path.join(path.dirname(shared.lib), '..', 'bin')
   process.env.PATH = bin + path.delimiter + (process.env.PATH ?? '')
-  libfuseSource = 'bundled'
   loaded = require('fuse-native') as typeof FuseClass
   return loaded
 }

@@ -63,7 +63,6 @@ export class LogicalDisk {
   onCommitted: () => void = () => {}
   private readonly chunkCache: LRUCache<string, Buffer>
   private readonly blockCache: LRUCache<string, Buffer>
-  stats = { stripesWritten: 0, bytesWritten: 0, chunkReads: 0, cacheHits: 0 }
   private counts: { free: number, live: number, pendingFree: number } | null = null
   private readonly chunkReads = new Map<string, Promise<Buffer>>()
   private readonly blockReads = new Map<string, Promise<Buffer>>()
@@ -232,8 +231,6 @@ export class LogicalDisk {
       counts.live--
       throw err
     }
-    this.stats.stripesWritten++
-    this.stats.bytesWritten += seg.fill
     this.meta.tx(() => {
       this.st.written.run(SEG_LIVE, seg.fill, seg.slot)
       for (const p of seg.pending) p.commit(p.loc)
@@ -262,11 +259,7 @@ export class LogicalDisk {
   readChunk (id: Buffer): Promise<Buffer> {
     const key = id.toString('hex')
     const hit = this.chunkCache.get(key)
-    this.stats.chunkReads++
-    if (hit) {
-      this.stats.cacheHits++
-      return Promise.resolve(hit)
-    }
+    if (hit) return Promise.resolve(hit)
     let p = this.chunkReads.get(key)
     if (!p) {
       p = this.fetchChunk(id, key).finally(() => this.chunkReads.delete(key))
