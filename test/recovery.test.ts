@@ -4,7 +4,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { cli, init, mount, sync, unmount, partnerDirs, sh, status, isMounted } from './helpers.js'
+import { cli, init, mount, sync, unmount, partnerDirs, sh, status, isMounted, type Run, type Setup } from './helpers.js'
 
 interface Entry { type: string, mode: number, size: number, mtimeMs: number, nlink: number, ino: number, hash?: string, target?: string, xattr?: string }
 
@@ -44,6 +44,11 @@ async function writeTree (mnt: string): Promise<void> {
   if (r.code !== 0) throw new Error(r.stderr)
 }
 
+// Mounts at s.mnt with --recover into the new home newHome, the key given through the environment.
+function recoverWithKey (s: Setup, newHome: string, partners: string[], key: string): Promise<Run> {
+  return cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, newHome), '--local-partners', partners.join(',')], { COOPFS_RECOVERY_KEY: key })
+}
+
 async function xattrOf (file: string): Promise<string> {
   return (await sh(`python3 -c "import os; print(os.getxattr('${file}', 'user.color').decode())"`)).stdout.trim()
 }
@@ -81,7 +86,7 @@ test('the recovery key can come from the environment', async t => {
   await unmount(s.mnt)
   const partners = partnerDirs(s.home)
   fs.rmSync(s.home, { recursive: true })
-  const r = await cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, 'h2'), '--local-partners', partners.join(',')], { COOPFS_RECOVERY_KEY: s.recoveryKey })
+  const r = await recoverWithKey(s, 'h2', partners, s.recoveryKey)
   t.is(r.code, 0, r.stderr)
   t.is(fs.readFileSync(path.join(s.mnt, 'f'), 'utf8'), 'env key')
   await unmount(s.mnt)
@@ -92,17 +97,17 @@ test('a wrong recovery key or one with a typo is one clear error, and nothing is
   await mount(s)
   fs.writeFileSync(path.join(s.mnt, 'f'), 'x')
   await unmount(s.mnt)
-  const partners = partnerDirs(s.home).join(',')
+  const partners = partnerDirs(s.home)
 
   const other = await init(t)
-  const wrong = await cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, 'h2'), '--local-partners', partners], { COOPFS_RECOVERY_KEY: other.recoveryKey })
+  const wrong = await recoverWithKey(s, 'h2', partners, other.recoveryKey)
   t.is(wrong.code, 1)
   t.is(wrong.stderr.trim(), 'coopfs: this recovery key does not match the backup on these partners')
   t.absent(fs.existsSync(path.join(s.dir, 'h2', 'key.json')), 'no identity written')
 
   const last = s.recoveryKey.slice(-1)
   const typo = s.recoveryKey.slice(0, -1) + (last === 'A' ? 'B' : 'A')
-  const bad = await cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, 'h3'), '--local-partners', partners], { COOPFS_RECOVERY_KEY: typo })
+  const bad = await recoverWithKey(s, 'h3', partners, typo)
   t.is(bad.code, 1)
   t.ok(/typo/.test(bad.stderr) && bad.stderr.trim().split('\n').length === 1, bad.stderr)
   t.is(fs.readdirSync(s.mnt).length, 0, 'nothing mounted')
@@ -127,7 +132,7 @@ test('data packed in the background is checkpointed without a sync and survives 
   for (let i = 0; i < 100 && isMounted(s.mnt); i++) await new Promise(resolve => setTimeout(resolve, 50))
   const partners = partnerDirs(s.home)
   fs.rmSync(s.home, { recursive: true })
-  const rec = await cli(['mount', s.mnt, '--recover', '--home', path.join(s.dir, 'h2'), '--local-partners', partners.join(',')], { COOPFS_RECOVERY_KEY: s.recoveryKey })
+  const rec = await recoverWithKey(s, 'h2', partners, s.recoveryKey)
   t.is(rec.code, 0, rec.stderr)
   t.ok(fs.readFileSync(path.join(s.mnt, 'background.bin')).equals(data), 'the file comes back whole')
   await unmount(s.mnt)
