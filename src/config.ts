@@ -47,6 +47,25 @@ export const MAX_FILE_BYTES = 2 ** 50
 export const DAEMON_START_TIMEOUT_MS = 30_000
 export const CONTROL_TIMEOUT_MS = 10 * 60_000
 
+// Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner
+// to come back before decoding around it (and failing with EIO when too few are up); writes wait longer.
+export const REQUEST_TIMEOUT_MS = envInt('COOPFS_REQUEST_TIMEOUT_MS', 15_000)
+export const READ_WAIT_MS = envInt('COOPFS_READ_WAIT_MS', 3_000)
+export const WRITE_WAIT_MS = envInt('COOPFS_WRITE_WAIT_MS', 5_000)
+// Partners are pinged this often; one that does not answer within REQUEST_TIMEOUT_MS is redialed.
+export const PING_INTERVAL_MS = envInt('COOPFS_PING_INTERVAL_MS', 10_000)
+// Each partner may read and write QUOTA_FACTOR times the space reserved for it per window; after it says it
+// restored on a new machine, the limit is lifted for RESTORE_WINDOW_MS.
+export const QUOTA_FACTOR = 3
+export const QUOTA_WINDOW_MS = envInt('COOPFS_QUOTA_WINDOW_MS', 24 * 3600_000)
+export const RESTORE_WINDOW_MS = envInt('COOPFS_RESTORE_WINDOW_MS', 7 * 24 * 3600_000)
+// Recovery looks for partners on the recovery topic for up to RECOVERY_DISCOVERY_MS, and once one answered,
+// waits up to RECOVERY_SETTLE_MS more for the others named in its master block.
+export const RECOVERY_DISCOVERY_MS = envInt('COOPFS_RECOVERY_DISCOVERY_MS', 60_000)
+export const RECOVERY_SETTLE_MS = envInt('COOPFS_RECOVERY_SETTLE_MS', 5_000)
+// Background work that failed (partners unreachable) is retried after a delay that doubles up to this.
+export const MAX_BACKOFF_MS = envInt('COOPFS_MAX_BACKOFF_MS', 30_000)
+
 function envInt (name: string, fallback: number): number {
   const v = process.env[name]
   if (v === undefined || v === '') return fallback

@@ -5,10 +5,11 @@ import path from 'node:path'
 import { CoopError } from './errors.js'
 import { FORMAT_VERSION } from './config.js'
 
+// One column of the stripe: a local directory (local mode) or a network partner named by its public key.
 export interface PartnerEntry {
   id: string // hex, 32 bytes: the partner's identity, bound into every block's keyed hash
-  kind: 'local'
-  path: string
+  kind: 'local' | 'net'
+  path?: string // local partners only
 }
 
 // The shape of the backup: erasure code, sizes and partners. The home's configuration and the master block
@@ -25,10 +26,29 @@ export interface Layout {
 export interface HomeConfig extends Layout {
   format: number
   publicKey: string
+  // Network homes: where to find the DHT and which address to bind (saved from the last mount or serve).
+  network?: { bootstrap?: string[], host?: string }
+}
+
+// A home whose columns are local directories never touches the network.
+export function isLocal (cfg: Layout): boolean {
+  return cfg.partners.some(p => p.kind === 'local')
 }
 
 export function layoutOf (l: Layout): Layout {
   return { k: l.k, m: l.m, blockSize: l.blockSize, chunkSize: l.chunkSize, slots: l.slots, partners: l.partners }
+}
+
+// Gives a new network partner the first stripe column that has none yet; returns the column, or -1 when
+// every column is taken (the agreement is then a spare).
+export function assignColumn (cfg: HomeConfig, hex: string, slots: number): number {
+  if (isLocal(cfg)) throw new CoopError('EUSAGE', 'this home keeps its stripes in local directories; network partners cannot join it')
+  const have = cfg.partners.findIndex(p => p.id === hex)
+  if (have >= 0) return have
+  if (cfg.partners.length >= cfg.k + cfg.m) return -1
+  if (slots < cfg.slots) throw new CoopError('EUSAGE', `this home stores ${cfg.slots} slots on each partner: an agreement needs at least that many (--slots ${cfg.slots})`)
+  cfg.partners.push({ id: hex, kind: 'net' })
+  return cfg.partners.length - 1
 }
 
 export function resolveHome (flag?: string): string {
@@ -52,6 +72,7 @@ export class Home {
   get pidFile (): string { return path.join(this.dir, 'daemon.pid') }
   get logFile (): string { return path.join(this.dir, 'daemon.log') }
   get partnersDir (): string { return path.join(this.dir, 'partners') }
+  get demoFile (): string { return path.join(this.dir, 'demo.json') }
 
   exists (): boolean {
     return fs.existsSync(this.configFile) && fs.existsSync(this.keyFile)
@@ -106,7 +127,8 @@ function isLiveDaemon (pid: number): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
     if (/^\d+ \(.*\) [ZX]/.test(stat)) return false
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('mount')
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+    return cmd.includes('mount') || cmd.includes('serve')
   } catch {
     return false
   }

@@ -51,7 +51,7 @@ export interface Setup {
   publicKey: string
 }
 
-// A new identity with local partners under a fresh temporary folder.
+// A new identity with local partners (directories) under a fresh temporary folder.
 // With partnersOutside, the partner areas live beside the home rather than in it, so the home can be
 // lost on its own.
 export async function init (t: Teardown, opts: { slots?: number, k?: number, m?: number, partnersOutside?: boolean } = {}): Promise<Setup> {
@@ -63,6 +63,8 @@ export async function init (t: Teardown, opts: { slots?: number, k?: number, m?:
   if (opts.partnersOutside) {
     const n = (opts.k ?? 4) + (opts.m ?? 2)
     args.push('--local-partners', Array.from({ length: n }, (_, i) => path.join(dir, 'partners', `p${i}`)).join(','))
+  } else {
+    args.push('--local')
   }
   const r = await cli(args)
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`)

@@ -2,21 +2,28 @@
 import { CoopError } from '../errors.js'
 import { parseArgs } from './args.js'
 import { initCommand } from './commands/init.js'
-import { mountCommand } from './commands/mount.js'
-import { unmountCommand, statusCommand, syncCommand, partnersCommand } from './commands/control.js'
+import { mountCommand, serveCommand } from './commands/mount.js'
+import { unmountCommand, statusCommand, syncCommand, partnersCommand, stopCommand } from './commands/control.js'
+import { matcherCommand } from './commands/matcher.js'
 import { demoCommand } from './commands/demo.js'
 
 const USAGE = `usage: coopfs COMMAND [options]
 
-  init     [--home DIR] [--k K --m M] [--slots S] [--local-partners DIR,...] [--json]
-  mount    MOUNTPOINT [--home DIR] [--foreground] [--recover --local-partners DIR,... [--recovery-key-file F]]
+  init     [--home DIR] [--k K --m M] [--slots S] [--local | --local-partners DIR,...] [--json]
+  mount    MOUNTPOINT [--home DIR] [--bootstrap HOST:PORT] [--host IP] [--foreground]
+           [--recover [--recovery-key-file F] [--local-partners DIR,...]]
   unmount  MOUNTPOINT
   status   [--home DIR] [--json]
   sync     [--home DIR] [--timeout S]
-  partners [list] [--home DIR] [--json]
-  demo     [DIR] [--home DIR]
+  partners [list | add KEY [--slots S]] [--home DIR] [--json]
+  serve    [--home DIR] [--bootstrap HOST:PORT] [--host IP] [--foreground]
+  stop     [--home DIR]                        stop the daemon of a home (serve or mount)
+  matcher  [--port P] [--host IP] [--home DIR] [--json]
+  prefetch [PATH] [--home DIR]
+  demo     [DIR] [--partners N]
 
---home defaults to $COOPFS_HOME, then $XDG_DATA_HOME/coopfs (~/.local/share/coopfs).`
+--home defaults to $COOPFS_HOME, then $XDG_DATA_HOME/coopfs (~/.local/share/coopfs).
+--bootstrap and --host default to $COOPFS_BOOTSTRAP and $COOPFS_HOST; a home remembers the last ones given.`
 
 const BOOLEANS = ['json', 'foreground', 'recover', 'daemon-child', 'help']
 
@@ -28,6 +35,9 @@ const COMMANDS: Record<string, (args: ReturnType<typeof parseArgs>) => Promise<v
   status: statusCommand,
   sync: syncCommand,
   partners: partnersCommand,
+  serve: serveCommand,
+  stop: stopCommand,
+  matcher: matcherCommand,
   demo: demoCommand
 }
 

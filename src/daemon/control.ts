@@ -4,8 +4,10 @@ import fs from 'node:fs'
 import { CoopError } from '../errors.js'
 
 export interface Request {
-  op: 'status' | 'sync' | 'unmount' | 'ping'
+  op: 'status' | 'sync' | 'unmount' | 'ping' | 'partnerAdd' | 'partners'
   timeoutMs?: number
+  key?: string
+  slots?: number
 }
 
 export interface Response {
@@ -63,10 +65,13 @@ export function request (file: string, req: Request, timeoutMs: number): Promise
   return new Promise((resolve, reject) => {
     const sock = net.connect(file)
     let buf = ''
-    const timer = setTimeout(() => {
-      sock.destroy()
-      reject(new CoopError('ETIMEDOUT', 'the daemon did not answer in time'))
-    }, timeoutMs)
+    // timeoutMs <= 0: wait as long as the daemon works (sync without --timeout).
+    const timer = timeoutMs > 0
+      ? setTimeout(() => {
+        sock.destroy()
+        reject(new CoopError('ETIMEDOUT', 'the daemon did not answer in time'))
+      }, timeoutMs)
+      : undefined
     sock.setEncoding('utf8')
     sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'))
     sock.on('data', chunk => {

@@ -1,16 +1,20 @@
-// The mount daemon: one engine, one FUSE mount, one control socket, for one home.
+// The daemon of one home: the partner service (when the home is on the network), and for a mount also the
+// engine and the FUSE mount; one control socket for the CLI.
 import fs from 'node:fs'
 import { execFile } from 'node:child_process'
 import { CoopError } from '../errors.js'
-import { Home } from '../home.js'
+import { Home, isLocal, type HomeConfig } from '../home.js'
+import { deriveKeys } from '../crypto/keys.js'
 import { Engine } from './engine.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
 import { serveControl, type Request } from './control.js'
+import { PartnerService } from '../serve/service.js'
 
 export interface DaemonOptions {
   home: Home
-  mountpoint: string
-  // Called once: with null when the mount is ready, with the error when it could not start.
+  // null: serve only (contribute space, mount nothing).
+  mountpoint: string | null
+  // Called once: with null when the daemon is ready, with the error when it could not start.
   ready: (err: Error | null) => void
 }
 
@@ -21,12 +25,26 @@ export function log (line: string): void {
   process.stderr.write(`${new Date().toISOString()} ${line}\n`)
 }
 
+// The network side of a home, or null for a home whose partners are local directories.
+export function startService (home: Home, cfg: HomeConfig, dial: boolean): PartnerService | null {
+  if (isLocal(cfg)) return null
+  return new PartnerService({
+    homeDir: home.dir,
+    keys: deriveKeys(home.readSecret()),
+    bootstrap: cfg.network?.bootstrap,
+    host: cfg.network?.host,
+    log,
+    dial
+  })
+}
+
 export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Promise<void> {
   const other = home.daemonPid()
   if (other && other !== process.pid) throw new CoopError('EBUSY', `home ${home.dir} is in use by the daemon with pid ${other}`)
   fs.writeFileSync(home.pidFile, String(process.pid) + '\n', { mode: 0o600 })
 
   let engine: Engine | null = null
+  let service: PartnerService | null = null
   let stopping: Promise<void> | null = null
   const cleanupFiles = (): void => {
     fs.rmSync(home.pidFile, { force: true })
@@ -34,21 +52,34 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
   }
 
   try {
-    engine = new Engine(home, { log })
-    await engine.start()
-    active = await mountFilesystem(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
+    const cfg = home.readConfig()
+    service = startService(home, cfg, mountpoint !== null)
+    if (!service && !mountpoint) throw new CoopError('EUSAGE', `${home.dir} keeps its stripes in local directories: it has nothing to serve`)
+    await service?.start()
+    if (mountpoint) {
+      engine = new Engine(home, { log, service: service ?? undefined })
+      await engine.start()
+      active = await mountFilesystem(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
+    }
   } catch (err) {
     await engine?.close(false).catch(() => {})
+    await service?.close().catch(() => {})
     cleanupFiles()
     throw err
   }
   const eng = engine
+  const svc = service
+  if (eng && svc) {
+    // A partner coming online is a chance to store what waits; one that restored gets its column back.
+    svc.on('online', () => eng.nudge())
+  }
 
   const stop = (): Promise<void> => {
     if (!stopping) {
       stopping = (async () => {
-        await kernelUnmount(mountpoint)
-        await eng.close(true)
+        if (mountpoint) await kernelUnmount(mountpoint)
+        await eng?.close(true)
+        await svc?.close()
         log('stopped')
         cleanupFiles()
         setImmediate(() => process.exit(0))
@@ -61,8 +92,21 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
   const server = await serveControl(home.socketFile, async (req: Request) => {
     switch (req.op) {
       case 'ping': return { pid: process.pid }
-      case 'status': return { mountpoint, pid: process.pid, home: home.dir, ...eng.status() }
-      case 'sync': return { checkpoint: await eng.sync(req.timeoutMs ?? 0) }
+      case 'status': {
+        const net = svc ? { address: svc.node.address(), agreements: svc.list() } : {}
+        const base = { mountpoint, pid: process.pid, home: home.dir, publicKey: svc?.keys.publicKey.toString('hex'), partners: [], ...net }
+        return eng ? { ...base, ...eng.status() } : base
+      }
+      case 'sync':
+        if (!eng) throw new CoopError('EUSAGE', 'this daemon serves partners only; it has nothing to sync')
+        return { checkpoint: await eng.sync(req.timeoutMs ?? 0) }
+      case 'partnerAdd': {
+        if (!svc) throw new CoopError('EUSAGE', 'this home keeps its stripes in local directories; it has no network partners')
+        const a = await svc.add(String(req.key), Number(req.slots))
+        const column = eng ? eng.addPartner(a.key, a.slots) : -1
+        return { ...a, column }
+      }
+      case 'partners': return svc ? svc.list() : []
       case 'unmount': await stop(); return { stopped: true }
       default: throw new CoopError('EINVAL', `unknown request ${String((req as { op: unknown }).op)}`)
     }
@@ -76,7 +120,8 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       })
     })
   }
-  log(`mounted ${mountpoint} (home ${home.dir}, pid ${process.pid})`)
+  if (mountpoint) log(`mounted ${mountpoint} (home ${home.dir}, pid ${process.pid})`)
+  if (svc) log(`serving partners as ${svc.keys.publicKey.toString('hex')} on ${JSON.stringify(svc.node.address())}`)
   ready(null)
 }
 

@@ -3,10 +3,10 @@
 import fsp from 'node:fs/promises'
 import { CoopError } from '../errors.js'
 import {
-  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
+  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, MAX_BACKOFF_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
 } from '../config.js'
 import { deriveKeys, type Keys } from '../crypto/keys.js'
-import { Home, type HomeConfig } from '../home.js'
+import { Home, assignColumn, type HomeConfig } from '../home.js'
 import { MetaStore } from '../fs/meta-store.js'
 import { WriteBack } from '../fs/writeback.js'
 import { Filesystem } from '../fs/filesystem.js'
@@ -15,18 +15,23 @@ import { LogicalDisk } from '../log/logical-disk.js'
 import { writeCheckpoint } from '../log/checkpoint.js'
 import { clean } from '../log/cleaner.js'
 import { LocalDirPartner } from '../partners/local-dir.js'
+import { AbsentPartner, NetPartner } from '../partners/net-partner.js'
+import type { Partner } from '../partners/partner.js'
+import type { PartnerService } from '../serve/service.js'
 import { PartnerSet } from '../partners/partner-set.js'
 import { ReedSolomon, nativeAvailable } from '../stripe/reed-solomon.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
 import { PooledSealer, type Sealer } from '../crypto/seal-pool.js'
 
-const ERROR_BACKOFF_MS = 1000
+const FIRST_BACKOFF_MS = 500
 const LIVE_REFRESH_MS = 250
 
 export interface EngineOptions {
   writebackBytes?: number
   cacheBytes?: number
   log?: (line: string) => void
+  // The network side (partner service) of this node; needed when the home has network partners.
+  service?: PartnerService
 }
 
 export interface EngineStatus {
@@ -37,7 +42,11 @@ export interface EngineStatus {
   checkpoint: number
   changedSinceCheckpoint: boolean
   erasureCoding: { k: number, m: number, backend: string, note?: string }
-  partners: Array<{ id: string, label: string, state: 'online' | 'offline', slots: number }>
+  publicKey: string
+  bytesDurable: number
+  partnersOnline: number
+  safeToPowerOff: boolean
+  partners: Array<{ id: string, label: string, state: 'online' | 'offline' | 'missing', slots: number }>
   slots: { total: number, free: number, live: number, pendingFree: number }
   damage: { count: number, recent: Array<{ slot: number, block: number, partner: string, problem: string, at: string }> }
   cacheBytes: number
@@ -66,6 +75,8 @@ export class Engine {
   private liveTimer: NodeJS.Timeout | null = null
   private changed = false
   private lastCheckpointAt = 0
+  private backoffMs = 0
+  private readonly service: PartnerService | null
   lastError: string | null = null
 
   constructor (home: Home, opts: EngineOptions = {}) {
@@ -78,8 +89,9 @@ export class Engine {
     this.log = opts.log ?? (() => {})
     this.rs = new ReedSolomon({ k: this.cfg.k, m: this.cfg.m })
     this.sealer = PooledSealer.create(this.keys)
-    const slotBytes = BLOCK_HEADER_BYTES + this.cfg.blockSize
-    const members = this.cfg.partners.map(p => LocalDirPartner.attach(p.path, p.id, this.cfg.slots, slotBytes))
+    this.service = opts.service ?? null
+    const members: Partner[] = []
+    for (let i = 0; i < this.cfg.k + this.cfg.m; i++) members.push(this.member(i))
     this.partners = new PartnerSet({
       partners: members,
       k: this.cfg.k,
@@ -123,6 +135,31 @@ export class Engine {
     this.lastCheckpointAt = Date.now()
   }
 
+  private member (i: number): Partner {
+    const e = this.cfg.partners[i]
+    if (!e) return new AbsentPartner(i, this.cfg.slots)
+    if (e.kind === 'local') return LocalDirPartner.attach(e.path!, e.id, this.cfg.slots, BLOCK_HEADER_BYTES + this.cfg.blockSize)
+    if (!this.service) throw new CoopError('ENONET', 'this home has network partners but the network is not started')
+    return new NetPartner(this.service, Buffer.from(e.id, 'hex'), this.cfg.slots)
+  }
+
+  // A new agreement fills the first column that has no partner yet; later ones are spares.
+  addPartner (hex: string, slots: number): number {
+    const before = this.cfg.partners.length
+    const i = assignColumn(this.cfg, hex, slots)
+    if (this.cfg.partners.length === before) return i
+    this.home.writeConfig(this.cfg)
+    this.partners.partners[i] = this.member(i)
+    this.kick()
+    return i
+  }
+
+  // Wakes the background loop now (a partner came online, say) instead of after its back-off.
+  nudge (): void {
+    this.backoffMs = 0
+    this.kick()
+  }
+
   async start (): Promise<void> {
     await this.fs.removeOrphans()
     await this.fs.tidyWriteback()
@@ -160,10 +197,14 @@ export class Engine {
           await this.disk.lock.run(() => this.checkpointLocked())
         }
         this.lastError = null
+        this.backoffMs = 0
       } catch (err) {
-        this.lastError = (err as Error).message
-        this.log(`background: ${this.lastError}`)
-        await this.sleep(ERROR_BACKOFF_MS)
+        const msg = (err as Error).message
+        if (msg !== this.lastError) this.log(`background: ${msg}`)
+        this.lastError = msg
+        // Partners that are down are tried again after a delay that doubles up to MAX_BACKOFF_MS.
+        this.backoffMs = Math.min(MAX_BACKOFF_MS, Math.max(FIRST_BACKOFF_MS, this.backoffMs * 2))
+        await this.sleep(this.backoffMs)
         continue
       }
       if (did === 0 && !this.closed) {
@@ -207,7 +248,7 @@ export class Engine {
     this.changed = false
     let seq: number
     try {
-      seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize)
+      seq = await writeCheckpoint(this.disk, this.cfg, this.cfg.chunkSize, this.masterExtras())
     } catch (err) {
       this.changed = true
       throw err
@@ -217,18 +258,40 @@ export class Engine {
     return seq
   }
 
+  // The agreements go into the master block so that a recovered node can take up its partners' side.
+  private masterExtras (): { agreements?: Array<{ key: string, slots: number, topic?: string }>, network?: HomeConfig['network'] } {
+    if (!this.service) return {}
+    return {
+      agreements: this.service.list().map(a => ({ key: a.key, slots: a.slots, topic: this.service!.agreement(a.key)?.topic })),
+      network: this.cfg.network
+    }
+  }
+
   // Everything written before the call is packed, stored at the partners and named by a checkpoint.
+  // Partners that are down are waited for (and retried) until the timeout, if one is given.
   async sync (timeoutMs = 0): Promise<number> {
     const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : Infinity
-    return this.disk.lock.run(async () => {
-      this.fs.commitPending()
-      while (this.packer.pending() > 0) {
-        if (Date.now() > deadline) throw new CoopError('ETIMEDOUT', `${this.packer.pending()} blocks were still waiting to be stored when the timeout ran out`)
-        await this.packRound(true)
+    let delay = FIRST_BACKOFF_MS
+    for (;;) {
+      try {
+        return await this.disk.lock.run(async () => {
+          this.fs.commitPending()
+          while (this.packer.pending() > 0) {
+            if (Date.now() > deadline) throw new CoopError('ETIMEDOUT', `${this.packer.pending()} blocks were still waiting to be stored when the timeout ran out`)
+            await this.packRound(true)
+          }
+          await this.disk.flush()
+          return this.checkpointLocked()
+        })
+      } catch (err) {
+        const e = err as CoopError
+        if (e.code === 'ETIMEDOUT' || this.closed || timeoutMs < 0) throw err
+        const left = deadline - Date.now()
+        if (left <= 0) throw new CoopError('ETIMEDOUT', `not everything is at the partners yet: ${e.message}`)
+        await new Promise(resolve => setTimeout(resolve, Math.min(delay, left)))
+        delay = Math.min(MAX_BACKOFF_MS, delay * 2)
       }
-      await this.disk.flush()
-      return this.checkpointLocked()
-    })
+    }
   }
 
   private async syncMeta (): Promise<void> {
@@ -245,13 +308,23 @@ export class Engine {
   status (): EngineStatus {
     const ec = nativeAvailable()
     const counts = this.disk.slotCounts()
+    const stored = this.disk.liveBytes()
+    const pending = this.wb.dirtyBytes
+    const changed = this.changed || this.packer.pending() > 0 || this.disk.hasOpenSegment()
+    const online = this.partners.partners.filter(p => p.online()).length
     return {
-      bytesStored: this.disk.liveBytes(),
-      bytesPending: this.wb.dirtyBytes,
+      publicKey: this.keys.publicKey.toString('hex'),
+      bytesStored: stored,
+      bytesDurable: stored,
+      bytesPending: pending,
+      partnersOnline: online,
+      // Nothing lives only on this machine: every write is in a stripe at w partners and named by the
+      // master block they hold.
+      safeToPowerOff: pending === 0 && !changed && this.lastError === null,
       logicalBytes: this.cfg.slots * this.disk.segmentBytes,
       usableBytes: this.disk.usableBytes(),
       checkpoint: Number(this.meta.kvGet('checkpointSeq') ?? 0),
-      changedSinceCheckpoint: this.changed || this.packer.pending() > 0,
+      changedSinceCheckpoint: changed,
       erasureCoding: {
         k: this.cfg.k,
         m: this.cfg.m,
@@ -261,7 +334,7 @@ export class Engine {
       partners: this.partners.partners.map(p => ({
         id: p.id.toString('hex'),
         label: p.label,
-        state: p.online() ? 'online' as const : 'offline' as const,
+        state: p instanceof AbsentPartner ? 'missing' as const : p.online() ? 'online' as const : 'offline' as const,
         slots: p.slots
       })),
       slots: { total: this.cfg.slots, ...counts },
@@ -279,7 +352,7 @@ export class Engine {
     await this.loopDone
     if (flush) {
       try {
-        await this.sync()
+        await this.sync(-1)
       } catch (err) {
         this.log(`final sync: ${(err as Error).message}; the data stays in the local write-back store`)
       }

@@ -15,7 +15,7 @@ const RECOVERY_VERSION_STEP = 1_000_000
 
 // Writes a checkpoint and the master block naming it. The caller holds the disk lock and has packed what
 // it wants included. Returns the new checkpoint sequence number.
-export async function writeCheckpoint (disk: LogicalDisk, cfg: HomeConfig, chunkSize: number): Promise<number> {
+export async function writeCheckpoint (disk: LogicalDisk, cfg: HomeConfig, chunkSize: number, extra: Partial<MasterBody> = {}): Promise<number> {
   const meta = disk.meta
   disk.retireEmptySegments()
   const snapshot = meta.serialize()
@@ -55,6 +55,7 @@ export async function writeCheckpoint (disk: LogicalDisk, cfg: HomeConfig, chunk
   meta.kvSet('checkpointSeqUsed', seq)
   const body: MasterBody = {
     ...layoutOf(cfg),
+    ...extra,
     checkpoint: { seq, dbBytes: snapshot.length, pieces: manifest },
     createdAt: new Date().toISOString()
   }

@@ -27,7 +27,16 @@ export interface CheckpointPiece {
   len: number
 }
 
+// What a recovered node needs to take up its partners' side again: the agreements it had.
+export interface AgreementRecord {
+  key: string
+  slots: number
+  topic?: string
+}
+
 export interface MasterBody extends Layout {
+  agreements?: AgreementRecord[]
+  network?: { bootstrap?: string[], host?: string }
   checkpoint: {
     seq: number
     dbBytes: number
@@ -50,15 +59,23 @@ export function encodeMaster (keys: Keys, version: number, body: MasterBody): Bu
 
 // Returns null for anything that is not a master block of this owner with a valid signature.
 export function decodeMaster (keys: Keys, buf: Buffer): { version: number, body: MasterBody } | null {
-  if (buf.length < HEADER_BYTES + SIG_BYTES || !buf.subarray(0, 4).equals(MAGIC) || buf[4] !== FORMAT) return null
-  if (!buf.subarray(16, 48).equals(keys.publicKey)) return null
+  const version = masterSigned(buf, keys.publicKey)
+  if (version === null) return null
   const bodyLen = buf.readUInt32LE(48)
-  if (HEADER_BYTES + bodyLen + SIG_BYTES !== buf.length) return null
-  const unsigned = buf.subarray(0, HEADER_BYTES + bodyLen)
-  if (!verify(keys.publicKey, unsigned, buf.subarray(HEADER_BYTES + bodyLen))) return null
   const plain = openRecord(keys.metadataKey, buf.subarray(HEADER_BYTES, HEADER_BYTES + bodyLen), buf.subarray(0, 48))
   if (!plain) return null
-  return { version: Number(buf.readBigUInt64LE(8)), body: JSON.parse(plain.toString()) as MasterBody }
+  return { version, body: JSON.parse(plain.toString()) as MasterBody }
+}
+
+// The version of a master block whose signature checks out under owner's public key, or null. Partners
+// use it: they can check who signed a master block without being able to read it.
+export function masterSigned (buf: Buffer, owner: Buffer): number | null {
+  if (buf.length < HEADER_BYTES + SIG_BYTES || !buf.subarray(0, 4).equals(MAGIC) || buf[4] !== FORMAT) return null
+  if (!buf.subarray(16, 48).equals(owner)) return null
+  const bodyLen = buf.readUInt32LE(48)
+  if (HEADER_BYTES + bodyLen + SIG_BYTES !== buf.length) return null
+  if (!verify(owner, buf.subarray(0, HEADER_BYTES + bodyLen), buf.subarray(HEADER_BYTES + bodyLen))) return null
+  return Number(buf.readBigUInt64LE(8))
 }
 
 // The owner's public key a master block claims, whether or not it verifies: used to tell a wrong recovery

@@ -86,6 +86,10 @@ export class LocalDirPartner implements Partner {
     return this.fd
   }
 
+  get slotsFile (): string {
+    return path.join(this.dir, SLOTS_FILE)
+  }
+
   private checkSlot (slot: number): void {
     if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots) {
       throw new CoopError('ESLOT', `slot ${slot} is outside the ${this.slots} slots reserved on ${this.label}`)
