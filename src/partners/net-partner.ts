@@ -1,8 +1,11 @@
 // A partner reached over the network: the owner's side of an agreement, on the connection the partner
-// service keeps. Reads wait a bounded time for an offline partner and then report the block missing (the
-// partner set decodes around it); writes fail after a bounded wait so the stripe can count its acks.
+// service keeps. A read from a partner that is offline reports the block missing at once (the partner set
+// decodes around it, and waits a bounded time only when too few partners are up); writes fail after a
+// bounded wait so the stripe can count its acks.
 import { CoopError } from '../errors.js'
 import { READ_WAIT_MS, REQUEST_TIMEOUT_MS, WRITE_WAIT_MS } from '../config.js'
+
+const MASTER_WAIT_MS = READ_WAIT_MS
 import type { NetNode } from '../net/node.js'
 import type { Peer } from '../net/peer.js'
 import type { Partner } from './partner.js'
@@ -59,13 +62,17 @@ export class NetPartner implements Partner {
   }
 
   async readBlock (slot: number): Promise<Buffer | null> {
-    const p = await this.peer(READ_WAIT_MS)
+    const p = this.online() ? this.service.node.peer(this.hex) : undefined
     if (!p) return null
     try {
       return await p.readBlock(slot, REQUEST_TIMEOUT_MS)
     } catch {
       return null
     }
+  }
+
+  async waitOnline (ms: number): Promise<boolean> {
+    return (await this.peer(ms)) !== null
   }
 
   // Partners acknowledge a block only once it is on their disk.
@@ -76,7 +83,7 @@ export class NetPartner implements Partner {
   }
 
   async getMaster (): Promise<Buffer | null> {
-    const p = await this.peer(READ_WAIT_MS)
+    const p = await this.peer(MASTER_WAIT_MS)
     return p ? p.getMaster(REQUEST_TIMEOUT_MS) : null
   }
 

@@ -2,6 +2,7 @@
 // acknowledgements, reads data blocks back (systematic first, decoding from any k when needed) and keeps
 // the master block on every partner.
 import { CoopError } from '../errors.js'
+import { READ_WAIT_MS } from '../config.js'
 import { blockPayload, type BlockCheck } from '../stripe/block.js'
 import type { Sealer } from '../crypto/seal-pool.js'
 import type { ReedSolomon } from '../stripe/reed-solomon.js'
@@ -24,6 +25,8 @@ export interface PartnerSetOptions {
   blockSize: number
   rs: ReedSolomon
   writeQuorum?: number
+  // How long a read waits for partners that are away when too few are up to decode.
+  readWaitMs?: number
   // Computes and checks block MACs (with the owner's integrity key), inline or on worker threads.
   sealer: Sealer
 }
@@ -35,12 +38,13 @@ export class PartnerSet {
   readonly n: number
   readonly blockSize: number
   readonly writeQuorum: number
+  readonly readWaitMs: number
   readonly damage: DamageRecord[] = []
   damageCount = 0
   private readonly sealer: Sealer
   private readonly rs: ReedSolomon
 
-  constructor ({ partners, k, m, blockSize, rs, writeQuorum = Math.max(k, k + m - 1), sealer }: PartnerSetOptions) {
+  constructor ({ partners, k, m, blockSize, rs, writeQuorum = Math.max(k, k + m - 1), readWaitMs = READ_WAIT_MS, sealer }: PartnerSetOptions) {
     if (partners.length !== k + m) throw new CoopError('EPARTNERS', `a k=${k}, m=${m} stripe needs ${k + m} partners; ${partners.length} configured`)
     this.partners = partners
     this.k = k
@@ -48,6 +52,7 @@ export class PartnerSet {
     this.n = k + m
     this.blockSize = blockSize
     this.writeQuorum = writeQuorum
+    this.readWaitMs = readWaitMs
     this.sealer = sealer
     this.rs = rs
   }
@@ -100,7 +105,16 @@ export class PartnerSet {
     const rest: number[] = []
     for (let i = 0; i < this.n; i++) if (!tried.has(i)) rest.push(i)
     await fetch(rest)
-    const present = shards.filter(s => s !== null).length
+    let present = shards.filter(s => s !== null).length
+    if (present < this.k) {
+      // Too few partners answered: give the ones that are away a bounded time to come back, then retry them.
+      const missing: number[] = []
+      for (let i = 0; i < this.n; i++) if (shards[i] === null) missing.push(i)
+      const waits = missing.map(i => this.partnerFor(slot, i).waitOnline?.(this.readWaitMs) ?? Promise.resolve(false))
+      const back = await Promise.all(waits)
+      await fetch(missing.filter((_, j) => back[j]))
+      present = shards.filter(s => s !== null).length
+    }
     if (present < this.k) {
       throw new CoopError('EIO', `stripe ${slot}: only ${present} of the ${this.k} blocks needed could be read and verified`)
     }
@@ -110,6 +124,8 @@ export class PartnerSet {
 
   private async fetchBlock (slot: number, version: number, index: number): Promise<Buffer | null> {
     const p = this.partnerFor(slot, index)
+    // A partner that is away is not damage: its blocks are simply not there to read now.
+    if (!p.online()) return null
     let block: Buffer | null = null
     try {
       block = await p.readBlock(slot)

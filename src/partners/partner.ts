@@ -16,8 +16,11 @@ export interface Partner {
   online (): boolean
   // block is header + payload, exactly slotBytes long.
   writeBlock (slot: number, block: Buffer): Promise<void>
-  // null when the slot was never written or the partner cannot be reached.
+  // null when the slot was never written or the partner cannot be reached (at once when it is offline).
   readBlock (slot: number): Promise<Buffer | null>
+  // Resolves true once the partner is reachable, false after ms; partners that are never away need not
+  // implement it.
+  waitOnline? (ms: number): Promise<boolean>
   // Makes every block written so far durable on the partner's disk.
   flush (): Promise<void>
   putMaster (data: Buffer): Promise<void>

@@ -1,0 +1,127 @@
+// Real networks on loopback for tests: a bootstrap node (coopfs matcher) and partner nodes (coopfs serve),
+// each its own process with its own home, every DHT node bound to 127.0.0.1.
+import { spawn, type ChildProcess } from 'node:child_process'
+import dgram from 'node:dgram'
+import fs from 'node:fs'
+import path from 'node:path'
+import { ROOT, cli, status, tmpdir, unmountQuietly } from './helpers.js'
+
+const BIN = path.join(ROOT, 'bin', 'coopfs.js')
+export const HOST = '127.0.0.1'
+
+interface Teardown {
+  teardown: (fn: () => unknown) => void
+}
+
+export interface Node {
+  home: string
+  publicKey: string
+  recoveryKey: string
+}
+
+export interface Net {
+  dir: string
+  bootstrap: string
+  // The flags every command that touches the network gets.
+  flags: string[]
+  matcher: ChildProcess
+}
+
+export function freeUdpPort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4')
+    sock.once('error', reject)
+    sock.bind(0, HOST, () => {
+      const port = sock.address().port
+      sock.close(() => resolve(port))
+    })
+  })
+}
+
+// A bootstrap node in its own process, stopped (with every daemon under dir) at teardown.
+export async function startNet (t: Teardown): Promise<Net> {
+  const dir = tmpdir('coopfs-net-')
+  const port = await freeUdpPort()
+  const matcher = spawn(process.execPath, [BIN, 'matcher', '--port', String(port), '--host', HOST, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  await new Promise<void>((resolve, reject) => {
+    let out = ''
+    matcher.stdout!.on('data', d => {
+      out += d
+      if (out.includes('"publicKey"')) resolve()
+    })
+    matcher.once('exit', code => reject(new Error(`matcher exited with ${code}`)))
+  })
+  const bootstrap = `${HOST}:${port}`
+  const net: Net = { dir, bootstrap, flags: ['--bootstrap', bootstrap, '--host', HOST], matcher }
+  t.teardown(async () => {
+    for (const name of fs.readdirSync(dir)) {
+      const mnt = path.join(dir, name)
+      if (name.startsWith('mnt')) await unmountQuietly(mnt)
+    }
+    for (const name of fs.readdirSync(dir)) await stopQuietly(path.join(dir, name))
+    matcher.kill('SIGKILL')
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return net
+}
+
+async function stopQuietly (home: string): Promise<void> {
+  const pidFile = path.join(home, 'daemon.pid')
+  if (!fs.existsSync(pidFile)) return
+  const pid = Number(fs.readFileSync(pidFile, 'utf8'))
+  try { process.kill(pid, 'SIGKILL') } catch {}
+}
+
+export async function initNode (net: Net, name: string, extra: string[] = []): Promise<Node> {
+  const home = path.join(net.dir, name)
+  const r = await cli(['init', '--home', home, '--json', ...net.flags, ...extra])
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`)
+  const info = JSON.parse(r.stdout) as { publicKey: string, recoveryKey: string }
+  return { home, publicKey: info.publicKey, recoveryKey: info.recoveryKey }
+}
+
+export async function serve (node: Node): Promise<void> {
+  const r = await cli(['serve', '--home', node.home])
+  if (r.code !== 0) throw new Error(`serve failed: ${r.stderr}`)
+}
+
+export async function addPartner (node: Node, other: Node, slots: number): Promise<void> {
+  const r = await cli(['partners', 'add', other.publicKey, '--home', node.home, '--slots', String(slots)])
+  if (r.code !== 0) throw new Error(`partners add failed: ${r.stderr}`)
+}
+
+export function daemonPid (node: Node): number {
+  return Number(fs.readFileSync(path.join(node.home, 'daemon.pid'), 'utf8'))
+}
+
+// Kills a node's daemon outright (a machine that dies), leaving its home as it was.
+export function killNode (node: Node): void {
+  process.kill(daemonPid(node), 'SIGKILL')
+  fs.rmSync(path.join(node.home, 'daemon.pid'), { force: true })
+}
+
+export async function waitFor (what: string, fn: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+}
+
+export async function waitOnline (owner: Node, n: number): Promise<void> {
+  await waitFor(`${n} partners online`, async () => (await status(owner.home)).partnersOnline >= n)
+}
+
+// Every file under dir, recursively, that contains needle.
+export function grepTree (dir: string, needle: Buffer): string[] {
+  const hits: string[] = []
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name)
+      if (e.isDirectory()) walk(p)
+      else if (e.isFile() && fs.readFileSync(p).includes(needle)) hits.push(p)
+    }
+  }
+  walk(dir)
+  return hits
+}

@@ -1,0 +1,180 @@
+// End to end over a real network on loopback: a bootstrap node and six partner processes; the owner writes
+// a tree, syncs, loses m partners and still reads everything, loses its whole machine and recovers the tree
+// from the recovery key alone. Partners hold no plaintext; a key without an agreement gets nothing.
+import test from 'brittle'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import HyperDHT from 'hyperdht'
+import { cli, sh, status, unmount } from './helpers.js'
+import { snapshot, writeTree, xattrOf } from './tree.js'
+import { HOST, addPartner, grepTree, initNode, killNode, serve, startNet, waitFor, waitOnline, type Node } from './net-helpers.js'
+import { NetNode } from '../src/net/node.js'
+import type { Handlers } from '../src/net/peer.js'
+
+const SLOTS = 256
+const MARKER = 'plaintext-marker-7f3a9c'
+
+test('six partners on loopback: sync, lose m partners, lose the machine, recover everything', { timeout: 300_000 }, async t => {
+  const net = await startNet(t)
+  const partners: Node[] = []
+  for (let i = 0; i < 6; i++) partners.push(await initNode(net, `p${i}`, ['--slots', String(SLOTS)]))
+  const owner = await initNode(net, 'owner', ['--slots', String(SLOTS)])
+  for (const p of partners) {
+    await addPartner(p, owner, SLOTS)
+    await serve(p)
+    await addPartner(owner, p, SLOTS)
+  }
+  const mnt = path.join(net.dir, 'mnt')
+  fs.mkdirSync(mnt)
+  const m1 = await cli(['mount', mnt, '--home', owner.home])
+  t.is(m1.code, 0, m1.stderr)
+  await waitOnline(owner, 6)
+
+  const st0 = await status(owner.home)
+  t.is(st0.publicKey, owner.publicKey, 'status --json names the node\'s own key')
+  const list = JSON.parse((await cli(['partners', 'list', '--home', owner.home, '--json'])).stdout) as Array<{ key: string, state: string, online: boolean, column: number }>
+  t.is(list.length, 6)
+  t.ok(list.every(r => r.state === 'active' && r.online), 'every agreement active and online')
+  t.alike(list.map(r => r.column).sort(), [0, 1, 2, 3, 4, 5], 'each partner holds one stripe column')
+
+  await writeTree(mnt)
+  fs.writeFileSync(path.join(mnt, 'marker.txt'), (MARKER + '\n').repeat(1000))
+  const big = crypto.randomBytes(6 * 1024 * 1024 + 5)
+  fs.writeFileSync(path.join(mnt, 'big.bin'), big)
+  const before = snapshot(mnt)
+
+  const synced = await cli(['sync', '--home', owner.home, '--timeout', '60'])
+  t.is(synced.code, 0, synced.stderr)
+  const st1 = await status(owner.home)
+  t.is(st1.bytesPending, 0)
+  t.ok(st1.bytesDurable > big.length, 'the data counts as durable at the partners')
+  t.is(st1.safeToPowerOff, true, 'safe to power off after sync')
+  const text = await cli(['status', '--home', owner.home])
+  t.ok(/safe to power off: yes/.test(text.stdout), 'status says so in words')
+
+  for (const p of partners) t.alike(grepTree(p.home, Buffer.from(MARKER)), [], `partner ${path.basename(p.home)} holds no plaintext`)
+  const used = JSON.parse((await cli(['partners', 'list', '--home', partners[0].home, '--json'])).stdout) as Array<{ usedSlots: number }>
+  t.ok(used[0].usedSlots > 0, 'the partner reports the slots the owner filled')
+
+  // m partners die; with an empty cache every file still reads back, decoded from the others.
+  killNode(partners[0])
+  killNode(partners[1])
+  await unmount(mnt)
+  t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
+  const degraded = snapshot(mnt)
+  t.alike([...degraded.entries()].map(([k, v]) => [k, v.hash]), [...before.entries()].map(([k, v]) => [k, v.hash]), 'every file reads back with two partners down')
+
+  // One more partner gone is more than the code tolerates: reads fail with EIO after a bounded wait and
+  // the mount stays responsive; once the partners are back, the same read works.
+  killNode(partners[2])
+  await unmount(mnt)
+  t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
+  const started = Date.now()
+  const failed = await sh(`cat '${path.join(mnt, 'big.bin')}' > /dev/null`)
+  t.not(failed.code, 0, 'reading with three partners down fails')
+  t.ok(/Input\/output error/.test(failed.stderr), failed.stderr.trim())
+  t.ok(Date.now() - started < 120_000, 'and does not hang')
+  t.ok(fs.statSync(path.join(mnt, 'big.bin')).size === big.length, 'the mount still answers')
+  for (const p of partners.slice(0, 3)) await serve(p)
+  await waitOnline(owner, 6)
+  const again = await sh(`sha256sum '${path.join(mnt, 'big.bin')}'`)
+  t.is(again.stdout.split(' ')[0], crypto.createHash('sha256').update(big).digest('hex'), 'reads work again once partners return')
+
+  // The machine is lost: home and mount point gone. A new home recovers from the recovery key alone.
+  await unmount(mnt)
+  fs.rmSync(owner.home, { recursive: true, force: true })
+  fs.rmSync(mnt, { recursive: true, force: true })
+  const mnt2 = path.join(net.dir, 'mnt2')
+  fs.mkdirSync(mnt2)
+  const keyFile = path.join(net.dir, 'recovery.key')
+  fs.writeFileSync(keyFile, owner.recoveryKey + '\n')
+  const newHome = path.join(net.dir, 'owner2')
+  const rec = await cli(['mount', mnt2, '--recover', '--home', newHome, '--recovery-key-file', keyFile, ...net.flags])
+  t.is(rec.code, 0, rec.stderr)
+  const after = snapshot(mnt2)
+  t.alike([...after.keys()], [...before.keys()], 'every path is back')
+  for (const [p, e] of before) {
+    const a = after.get(p)!
+    t.alike({ type: a.type, mode: a.mode, size: a.size, mtimeMs: a.mtimeMs, nlink: a.nlink, hash: a.hash, target: a.target }, { type: e.type, mode: e.mode, size: e.size, mtimeMs: e.mtimeMs, nlink: e.nlink, hash: e.hash, target: e.target }, `${p} restored`)
+  }
+  t.is(after.get('hardlink')!.ino, after.get('docs/small.txt')!.ino, 'hard link restored as a link')
+  t.is(await xattrOf(path.join(mnt2, 'docs/small.txt')), 'blue', 'extended attribute restored')
+  const st2 = await status(newHome)
+  t.is(st2.publicKey, owner.publicKey, 'the recovered node has the same identity')
+  await waitOnline({ ...owner, home: newHome }, 6)
+  t.is((await cli(['sync', '--home', newHome, '--timeout', '60'])).code, 0, 'the recovered node stores new checkpoints')
+})
+
+test('a key with no agreement gets nothing', { timeout: 300_000 }, async t => {
+  const net = await startNet(t)
+  const partner = await initNode(net, 'p0', ['--slots', '64'])
+  const owner = await initNode(net, 'owner', ['--slots', '64'])
+  await addPartner(partner, owner, 64)
+  await serve(partner)
+
+  const refuse: Handlers = {
+    propose: async () => ({ reason: 'no' }),
+    writeBlock: async () => {},
+    readBlock: async () => null,
+    getMaster: async () => null,
+    putMaster: async () => {},
+    ping: async () => {},
+    restored: async () => {}
+  }
+  const stranger = new NetNode({ keyPair: HyperDHT.keyPair(), bootstrap: [net.bootstrap], host: HOST, handlers: refuse, allow: () => false })
+  await stranger.start()
+  t.teardown(() => stranger.destroy())
+  stranger.connectTo(Buffer.from(partner.publicKey, 'hex'))
+  const peer = await stranger.waitPeer(partner.publicKey, 5000)
+  t.is(peer, null, 'the partner does not let a stranger connect')
+
+  const r = await cli(['partners', 'list', '--home', partner.home, '--json'])
+  const rows = JSON.parse(r.stdout) as Array<{ key: string }>
+  t.alike(rows.map(x => x.key), [owner.publicKey], 'and records nothing about it')
+})
+
+test('partners add: bad keys, own key and agreements that do not fit are refused in one line', { timeout: 300_000 }, async t => {
+  const net = await startNet(t)
+  const node = await initNode(net, 'p0', ['--slots', '64'])
+  const bad = await cli(['partners', 'add', 'xyz', '--home', node.home])
+  t.not(bad.code, 0)
+  t.ok(/not a coopfs public key/.test(bad.stderr) && bad.stderr.trim().split('\n').length === 1, bad.stderr)
+  const own = await cli(['partners', 'add', node.publicKey, '--home', node.home])
+  t.not(own.code, 0)
+  t.ok(/own key/.test(own.stderr), own.stderr)
+  const huge = await cli(['partners', 'add', 'ab'.repeat(32), '--home', node.home, '--slots', String(1 << 24)])
+  t.not(huge.code, 0)
+  t.ok(/reserving .* needs more than/.test(huge.stderr) && huge.stderr.trim().split('\n').length === 1, huge.stderr)
+  const list = JSON.parse((await cli(['partners', 'list', '--home', node.home, '--json'])).stdout) as unknown[]
+  t.is(list.length, 0, 'nothing was recorded for the refused agreement')
+})
+
+test('sync --timeout gives up with a reason when too few partners are up', { timeout: 300_000 }, async t => {
+  const net = await startNet(t)
+  const partners: Node[] = []
+  for (let i = 0; i < 3; i++) partners.push(await initNode(net, `p${i}`, ['--slots', '64']))
+  const owner = await initNode(net, 'owner', ['--slots', '64', '--k', '2', '--m', '1'])
+  for (const p of partners) {
+    await addPartner(p, owner, 64)
+    await addPartner(owner, p, 64)
+  }
+  await serve(partners[0])
+  const mnt = path.join(net.dir, 'mnt')
+  fs.mkdirSync(mnt)
+  t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
+  fs.writeFileSync(path.join(mnt, 'f'), crypto.randomBytes(300_000))
+  const started = Date.now()
+  const r = await cli(['sync', '--home', owner.home, '--timeout', '3'])
+  t.not(r.code, 0, 'sync fails')
+  t.ok(/not everything is at the partners|timeout/.test(r.stderr) && r.stderr.trim().split('\n').length === 1, r.stderr)
+  t.ok(Date.now() - started < 30_000, 'soon after the timeout')
+  const st = await status(owner.home)
+  t.is(st.safeToPowerOff, false, 'not safe to power off')
+  await serve(partners[1])
+  await serve(partners[2])
+  await waitFor('partners', async () => (await status(owner.home)).partnersOnline === 3)
+  const ok = await cli(['sync', '--home', owner.home, '--timeout', '60'])
+  t.is(ok.code, 0, ok.stderr)
+  t.is((await status(owner.home)).safeToPowerOff, true)
+})
