@@ -52,8 +52,9 @@ export const CONTROL_TIMEOUT_MS = 10 * 60_000
 export const REQUEST_TIMEOUT_MS = envInt('COOPFS_REQUEST_TIMEOUT_MS', 15_000)
 export const READ_WAIT_MS = envInt('COOPFS_READ_WAIT_MS', 3_000)
 export const WRITE_WAIT_MS = envInt('COOPFS_WRITE_WAIT_MS', 5_000)
-// Partners are pinged this often; one that does not answer within REQUEST_TIMEOUT_MS is redialed.
+// Partners are pinged this often; one that does not answer within PING_TIMEOUT_MS is redialed.
 export const PING_INTERVAL_MS = envInt('COOPFS_PING_INTERVAL_MS', 10_000)
+export const PING_TIMEOUT_MS = envInt('COOPFS_PING_TIMEOUT_MS', 5_000)
 // Each partner may read and write QUOTA_FACTOR times the space reserved for it per window; after it says it
 // restored on a new machine, the limit is lifted for RESTORE_WINDOW_MS.
 export const QUOTA_FACTOR = 3

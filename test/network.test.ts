@@ -150,7 +150,7 @@ test('partners add: bad keys, own key and agreements that do not fit are refused
   t.is(list.length, 0, 'nothing was recorded for the refused agreement')
 })
 
-test('sync --timeout gives up with a reason when too few partners are up', { timeout: 300_000 }, async t => {
+test('sync --timeout gives up with a reason when too few partners are up; late blocks follow when they return', { timeout: 300_000 }, async t => {
   const net = await startNet(t)
   const partners: Node[] = []
   for (let i = 0; i < 3; i++) partners.push(await initNode(net, `p${i}`, ['--slots', '64']))
@@ -163,7 +163,8 @@ test('sync --timeout gives up with a reason when too few partners are up', { tim
   const mnt = path.join(net.dir, 'mnt')
   fs.mkdirSync(mnt)
   t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
-  fs.writeFileSync(path.join(mnt, 'f'), crypto.randomBytes(300_000))
+  const data = crypto.randomBytes(300_000)
+  fs.writeFileSync(path.join(mnt, 'f'), data)
   const started = Date.now()
   const r = await cli(['sync', '--home', owner.home, '--timeout', '3'])
   t.not(r.code, 0, 'sync fails')
@@ -171,10 +172,64 @@ test('sync --timeout gives up with a reason when too few partners are up', { tim
   t.ok(Date.now() - started < 30_000, 'soon after the timeout')
   const st = await status(owner.home)
   t.is(st.safeToPowerOff, false, 'not safe to power off')
+  // With two of three partners up a stripe reaches its quorum (w = n - 1); the third partner's blocks wait
+  // in the persistent queue and are sent when it comes back.
   await serve(partners[1])
-  await serve(partners[2])
-  await waitFor('partners', async () => (await status(owner.home)).partnersOnline === 3)
+  await waitFor('two partners', async () => (await status(owner.home)).partnersOnline === 2)
   const ok = await cli(['sync', '--home', owner.home, '--timeout', '60'])
   t.is(ok.code, 0, ok.stderr)
-  t.is((await status(owner.home)).safeToPowerOff, true)
+  const st1 = await status(owner.home)
+  t.is(st1.safeToPowerOff, true)
+  t.ok(st1.blocksLagging > 0, `blocks wait for the partner that is away (${st1.blocksLagging})`)
+  await serve(partners[2])
+  await waitFor('the lagging blocks to reach the third partner', async () => (await status(owner.home)).blocksLagging === 0)
+  // Now any two partners hold everything: lose the first one and read from the other two.
+  killNode(partners[0])
+  await unmount(mnt)
+  t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
+  t.alike(fs.readFileSync(path.join(mnt, 'f')), data, 'the file reads back from the partners that were late')
+})
+
+test('a partner that restored on a new machine gets its share back', { timeout: 300_000 }, async t => {
+  const net = await startNet(t)
+  const a = await initNode(net, 'a', ['--slots', '64', '--k', '1', '--m', '1'])
+  const b = await initNode(net, 'b', ['--slots', '64', '--k', '1', '--m', '1'])
+  const s = await initNode(net, 's', ['--slots', '64'])
+  for (const [x, y] of [[a, b], [b, a], [a, s], [s, a], [b, s], [s, b]]) await addPartner(x, y, 64)
+  await serve(s)
+  const mntA = path.join(net.dir, 'mntA')
+  const mntB = path.join(net.dir, 'mntB')
+  fs.mkdirSync(mntA)
+  fs.mkdirSync(mntB)
+  t.is((await cli(['mount', mntA, '--home', a.home])).code, 0)
+  t.is((await cli(['mount', mntB, '--home', b.home])).code, 0)
+  await waitOnline(a, 2)
+  await waitOnline(b, 2)
+  const dataA = crypto.randomBytes(1_500_000)
+  fs.writeFileSync(path.join(mntA, 'a.bin'), dataA)
+  t.is((await cli(['sync', '--home', a.home, '--timeout', '60'])).code, 0)
+  fs.writeFileSync(path.join(mntB, 'b.txt'), 'from b')
+  t.is((await cli(['sync', '--home', b.home, '--timeout', '60'])).code, 0)
+
+  // B's machine dies; B recovers on a new home and tells its partners, and A sends B its share again.
+  killNode(b)
+  await sh(`fusermount -uz '${mntB}' 2>/dev/null || true`)
+  fs.rmSync(b.home, { recursive: true, force: true })
+  const b2 = { ...b, home: path.join(net.dir, 'b2') }
+  const rec = await cli(['mount', mntB, '--recover', '--home', b2.home, ...net.flags], { COOPFS_RECOVERY_KEY: b.recoveryKey })
+  t.is(rec.code, 0, rec.stderr)
+  t.is(fs.readFileSync(path.join(mntB, 'b.txt'), 'utf8'), 'from b', 'B has its own tree back')
+  const heldForA = async (): Promise<number> => {
+    const rows = JSON.parse((await cli(['partners', 'list', '--home', b2.home, '--json'])).stdout) as Array<{ key: string, usedSlots: number }>
+    return rows.find(r => r.key === a.publicKey)?.usedSlots ?? 0
+  }
+  t.is(await heldForA(), 0, 'B starts with an empty area for A')
+  await waitFor('A to resend its share to B', async () => (await heldForA()) > 0 && (await status(a.home)).blocksLagging === 0, 90_000)
+  t.pass('B holds A\'s blocks again')
+
+  // With the spare partner gone, A's data comes from B alone (k = 1).
+  killNode(s)
+  await unmount(mntA)
+  t.is((await cli(['mount', mntA, '--home', a.home])).code, 0)
+  t.alike(fs.readFileSync(path.join(mntA, 'a.bin')), dataA, 'A reads its file from the blocks B reloaded')
 })

@@ -72,6 +72,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
   if (eng && svc) {
     // A partner coming online is a chance to store what waits; one that restored gets its column back.
     svc.on('online', () => eng.nudge())
+    svc.on('restored', (hex: string) => eng.partnerRestored(hex))
   }
 
   const stop = (): Promise<void> => {

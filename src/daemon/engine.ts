@@ -7,7 +7,8 @@ import {
 } from '../config.js'
 import { deriveKeys, type Keys } from '../crypto/keys.js'
 import { Home, assignColumn, type HomeConfig } from '../home.js'
-import { MetaStore } from '../fs/meta-store.js'
+import type Database from 'better-sqlite3'
+import { MetaStore, SEG_LIVE, SEG_OPEN } from '../fs/meta-store.js'
 import { WriteBack } from '../fs/writeback.js'
 import { Filesystem } from '../fs/filesystem.js'
 import { Packer } from '../fs/packer.js'
@@ -24,6 +25,8 @@ import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
 import { PooledSealer, type Sealer } from '../crypto/seal-pool.js'
 
 const FIRST_BACKOFF_MS = 500
+// Lagging blocks rebuilt per round of the background loop (the disk lock is held meanwhile).
+const REPAIR_BATCH = 8
 const LIVE_REFRESH_MS = 250
 
 export interface EngineOptions {
@@ -44,6 +47,8 @@ export interface EngineStatus {
   erasureCoding: { k: number, m: number, backend: string, note?: string }
   publicKey: string
   bytesDurable: number
+  // Blocks still to be sent to partners that were away (their stripes are durable, with less redundancy).
+  blocksLagging: number
   partnersOnline: number
   safeToPowerOff: boolean
   partners: Array<{ id: string, label: string, state: 'online' | 'offline' | 'missing', slots: number }>
@@ -76,6 +81,7 @@ export class Engine {
   private changed = false
   private lastCheckpointAt = 0
   private backoffMs = 0
+  private readonly lag: Record<'add' | 'next' | 'drop' | 'count' | 'column', Database.Statement>
   private readonly service: PartnerService | null
   lastError: string | null = null
 
@@ -133,6 +139,49 @@ export class Engine {
     }
     this.packer = new Packer(this.fs, this.disk)
     this.lastCheckpointAt = Date.now()
+    this.lag = {
+      add: this.meta.db.prepare('INSERT OR REPLACE INTO lagging (slot, idx, version) VALUES (?, ?, ?)'),
+      next: this.meta.db.prepare(`SELECT l.slot, l.idx, l.version, s.version AS current, s.state FROM lagging l
+        LEFT JOIN segments s ON s.slot = l.slot ORDER BY l.slot, l.idx LIMIT ?`),
+      drop: this.meta.db.prepare('DELETE FROM lagging WHERE slot = ? AND idx = ? AND version = ?'),
+      count: this.meta.db.prepare('SELECT count(*) AS n FROM lagging'),
+      column: this.meta.db.prepare(`INSERT OR REPLACE INTO lagging (slot, idx, version)
+        SELECT slot, ((? - slot) % ? + ?) % ?, version FROM segments WHERE state = ?`)
+    }
+    // A block its partner did not take is rebuilt from the rest of its stripe and sent when the partner is back.
+    this.partners.onMissed = (slot, version, index) => { this.lag.add.run(slot, index, version) }
+  }
+
+  // A partner that lost its disk and restored asks for its blocks again: every stored stripe's block in its
+  // column is rebuilt from the others and sent.
+  partnerRestored (hex: string): void {
+    const col = this.cfg.partners.findIndex(p => p.id === hex)
+    if (col < 0) return
+    const n = this.partners.n
+    const rows = this.lag.column.run(col, n, n, n, SEG_LIVE).changes
+    this.log(`partner ${hex.slice(0, 16)} restored: ${rows} blocks to send it again`)
+    // Its master block too, at the next checkpoint.
+    this.changed = true
+    this.lastCheckpointAt = 0
+    this.nudge()
+  }
+
+  // Sends up to REPAIR_BATCH lagging blocks to partners that are online. Returns how many were sent.
+  private async repairRound (): Promise<number> {
+    const rows = this.lag.next.all(REPAIR_BATCH * 4) as Array<{ slot: number, idx: number, version: number, current: number | null, state: number | null }>
+    let sent = 0
+    for (const r of rows) {
+      if (r.current !== r.version || (r.state !== SEG_LIVE && r.state !== SEG_OPEN)) {
+        // The slot was freed or rewritten since: nothing to send.
+        this.lag.drop.run(r.slot, r.idx, r.version)
+        continue
+      }
+      if (r.state !== SEG_LIVE || !this.partners.partnerFor(r.slot, r.idx).online()) continue
+      await this.partners.rebuildBlock(r.slot, r.version, r.idx)
+      this.lag.drop.run(r.slot, r.idx, r.version)
+      if (++sent >= REPAIR_BATCH) break
+    }
+    return sent
   }
 
   private member (i: number): Partner {
@@ -193,6 +242,7 @@ export class Engine {
       let did = 0
       try {
         did = await this.disk.lock.run(() => this.packRound(false))
+        if (did === 0) did = await this.disk.lock.run(() => this.repairRound())
         if (this.changed && Date.now() - this.lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
           await this.disk.lock.run(() => this.checkpointLocked())
         }
@@ -322,6 +372,7 @@ export class Engine {
       publicKey: this.keys.publicKey.toString('hex'),
       bytesStored: stored,
       bytesDurable: stored,
+      blocksLagging: (this.lag.count.get() as { n: number }).n,
       bytesPending: pending,
       partnersOnline: online,
       // Nothing lives only on this machine: every write is in a stripe at w partners and named by the

@@ -91,7 +91,9 @@ const REFUSE: Handlers = {
 
 // Finds the partners on the recovery topic they announce, takes the newest master block whose signature
 // and version check out, and rebuilds the home from it.
-export async function recoverFromNetwork (homeDir: string, recoveryKey: string, network: NonNullable<HomeConfig['network']>, say: (line: string) => void): Promise<void> {
+export async function recoverFromNetwork (homeDir: string, recoveryKey: string, network: NonNullable<HomeConfig['network']>, sayLine: (line: string) => void): Promise<void> {
+  const t0 = Date.now()
+  const say = (line: string): void => sayLine(process.env.COOPFS_DEBUG ? `${((Date.now() - t0) / 1000).toFixed(1)}s ${line}` : line)
   const home = freshHome(homeDir)
   const keys = deriveKeys(decodeRecoveryKey(recoveryKey))
   const node = new NetNode({
@@ -135,7 +137,7 @@ export async function recoverFromNetwork (homeDir: string, recoveryKey: string, 
       await new Promise(resolve => setTimeout(resolve, 250))
     }
     const { version, body } = newestMaster(keys, [...masters.values()])
-    say(`found ${masters.size} partner(s); newest checkpoint #${version}`)
+    say(`found ${masters.size} partner(s); newest checkpoint #${version}; reading the metadata`)
 
     const online = { node, online: (hex: string) => node.peer(hex) !== undefined }
     const members = body.partners.map(e => new NetPartner(online, Buffer.from(e.id, 'hex'), body.slots))
@@ -145,6 +147,7 @@ export async function recoverFromNetwork (homeDir: string, recoveryKey: string, 
       ...layoutOf(body),
       network: { ...body.network, ...network }
     })
+    say('metadata restored')
     // Take up this node's side of every agreement again (empty areas: the partners reload them).
     const agreements: Agreement[] = []
     for (const a of body.agreements ?? []) {

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS segments (slot INTEGER PRIMARY KEY, version INTEGER N
   used INTEGER NOT NULL, live INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS segments_state ON segments (state, live);
 CREATE TABLE IF NOT EXISTS checkpoint_chunks (idx INTEGER PRIMARY KEY, chunk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS lagging (slot INTEGER NOT NULL, idx INTEGER NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (slot, idx)) WITHOUT ROWID;
 `
 
 type Row = Record<string, unknown>

@@ -55,6 +55,7 @@ export class Peer extends EventEmitter {
   readonly opened: Promise<boolean>
   remoteVersion = 0
   closed = false
+  private closing = false
   private readonly socket: Duplex
   private readonly channel: ReturnType<Protomux['createChannel']>
   private readonly send: Senders
@@ -107,6 +108,8 @@ export class Peer extends EventEmitter {
 
   destroy (err?: Error): void {
     if (this.closed) return
+    // Messages already received in the same batch are not served once the connection is condemned.
+    this.closing = true
     this.socket.destroy(err)
   }
 
@@ -126,8 +129,8 @@ export class Peer extends EventEmitter {
   // ---- outbound requests ----
 
   private async request (name: MessageName, fields: Record<string, unknown>, timeoutMs: number): Promise<Answer> {
-    if (this.outbound >= MAX_OUTBOUND) await new Promise<void>(resolve => this.queue.push(resolve))
-    if (this.closed) throw new CoopError('ECLOSED', `connection to ${this.hex.slice(0, 12)} closed`)
+    while (this.outbound >= MAX_OUTBOUND && !this.closed) await new Promise<void>(resolve => this.queue.push(resolve))
+    if (this.closed || this.closing) throw new CoopError('ECLOSED', `connection to ${this.hex.slice(0, 12)} closed`)
     this.outbound++
     try {
       const id = this.nextId++
@@ -137,7 +140,16 @@ export class Peer extends EventEmitter {
           reject(new CoopError('ETIMEDOUT', `peer ${this.hex.slice(0, 12)} did not answer ${name} in ${timeoutMs} ms`))
         }, timeoutMs)
         this.waiting.set(id, { resolve, reject, timer })
-        this.send[name].send({ id, ...fields })
+        let sent = false
+        try {
+          sent = this.send[name].send({ id, ...fields })
+        } catch {}
+        // Not sent (the channel is closing, or the fields do not encode): fail now, not at the timeout.
+        if (!sent && (this.closed || this.closing || !this.channel?.opened)) {
+          clearTimeout(timer)
+          this.waiting.delete(id)
+          reject(new CoopError('ECLOSED', `connection to ${this.hex.slice(0, 12)} closed`))
+        }
       })
     } finally {
       this.outbound--
@@ -195,18 +207,20 @@ export class Peer extends EventEmitter {
   // ---- inbound messages ----
 
   private onMessage (name: MessageName, m: any): void {
-    if (this.closed) return
+    if (this.closed || this.closing) return
     switch (name) {
       case 'reply': return this.answer(m.id, { kind: 'reply', code: m.code, data: m.data, text: m.text })
       case 'accept': return this.answer(m.id, { kind: 'accept', slots: m.slots, topic: m.topic })
       case 'reject': return this.answer(m.id, { kind: 'reject', reason: m.reason })
     }
     if (this.inbound >= MAX_INBOUND) {
-      this.send.reply.send({ id: m.id, code: REPLY.busy, data: Buffer.alloc(0), text: 'too many requests at once' })
+      // A proposal is answered with accept or reject, never with a reply.
+      if (name === 'propose') this.send.reject.send({ id: m.id, reason: 'busy: too many requests at once' })
+      else this.send.reply.send({ id: m.id, code: REPLY.busy, data: Buffer.alloc(0), text: 'too many requests at once' })
       return
     }
     this.inbound++
-    this.serve(name, m).finally(() => { this.inbound-- })
+    this.serve(name, m).catch(() => {}).finally(() => { this.inbound-- })
   }
 
   private answer (id: number, a: Answer): void {
@@ -222,13 +236,13 @@ export class Peer extends EventEmitter {
   private async serve (name: MessageName, m: any): Promise<void> {
     const h = this.handlers
     const reply = (code: number, data?: Buffer | null, text = ''): void => {
-      if (!this.closed) this.send.reply.send({ id: m.id, code, data: data ?? Buffer.alloc(0), text })
+      if (!this.closed && !this.closing) this.send.reply.send({ id: m.id, code, data: data ?? Buffer.alloc(0), text })
     }
     try {
       switch (name) {
         case 'propose': {
           const r = await h.propose(this, m.slots, m.topic)
-          if (this.closed) return
+          if (this.closed || this.closing) return
           if ('reason' in r) this.send.reject.send({ id: m.id, reason: r.reason.slice(0, 200) })
           else this.send.accept.send({ id: m.id, slots: r.slots, topic: r.topic })
           return
@@ -247,7 +261,7 @@ export class Peer extends EventEmitter {
         case 'restored': await h.restored(this); return reply(REPLY.ok)
       }
     } catch (err) {
-      const e = err as CoopError
+      const e = (err ?? {}) as CoopError
       if (e.code === 'ENOAGREEMENT') {
         // A key without an agreement gets nothing: not even an answer.
         this.destroy()

@@ -41,7 +41,12 @@ function boundedBuffer (max: number): Encoding<Buffer> {
 
 const block = boundedBuffer(MAX_BLOCK_BYTES)
 const master = boundedBuffer(MAX_MASTER_BYTES)
-const topic = c.fixed32 as unknown as Encoding<Buffer>
+// A copy, not a view into the received frame: topics are kept for as long as the node runs.
+const topic: Encoding<Buffer> = {
+  preencode (state, v) { (c.fixed32 as unknown as Encoding<Buffer>).preencode(state, v) },
+  encode (state, v) { (c.fixed32 as unknown as Encoding<Buffer>).encode(state, v) },
+  decode (state) { return Buffer.from((c.fixed32 as unknown as Encoding<Buffer>).decode(state)) }
+}
 
 const text: Encoding<string> = {
   preencode (state, v) { c.string.preencode(state, v) },

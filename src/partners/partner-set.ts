@@ -43,6 +43,9 @@ export class PartnerSet {
   damageCount = 0
   private readonly sealer: Sealer
   private readonly rs: ReedSolomon
+  // Called for every block of a stripe its partner did not take (before or after the stripe reached its
+  // quorum): the block has to be rebuilt and sent later.
+  onMissed: (slot: number, version: number, index: number) => void = () => {}
 
   constructor ({ partners, k, m, blockSize, rs, writeQuorum = Math.max(k, k + m - 1), readWaitMs = READ_WAIT_MS, sealer }: PartnerSetOptions) {
     if (partners.length !== k + m) throw new CoopError('EPARTNERS', `a k=${k}, m=${m} stripe needs ${k + m} partners; ${partners.length} configured`)
@@ -78,6 +81,7 @@ export class PartnerSet {
         p.writeBlock(slot, block).then(() => {
           if (++acks === this.writeQuorum) resolve()
         }, (err: Error) => {
+          this.onMissed(slot, version, i)
           errors.push(`${p.label}: ${err.message}`)
           if (++failures > this.n - this.writeQuorum) {
             reject(new CoopError('EWRITE', `stripe ${slot} reached only ${acks} of ${this.writeQuorum} partners (${errors.join('; ')})`))
@@ -88,18 +92,19 @@ export class PartnerSet {
   }
 
   // Returns data blocks first..last (inclusive) of the stripe, back to back, verified.
-  async readData (slot: number, version: number, first: number, last: number): Promise<Buffer> {
+  // skip names a block not to read (the one being rebuilt).
+  async readData (slot: number, version: number, first: number, last: number, skip = -1): Promise<Buffer> {
     const wanted: number[] = []
     for (let i = first; i <= last; i++) wanted.push(i)
     const shards: (Buffer | null)[] = new Array(this.n).fill(null)
-    const tried = new Set<number>()
+    const tried = new Set<number>(skip >= 0 ? [skip] : [])
     const fetch = async (indexes: number[]): Promise<void> => {
       await Promise.all(indexes.map(async i => {
         tried.add(i)
         shards[i] = await this.fetchBlock(slot, version, i)
       }))
     }
-    await fetch(wanted)
+    await fetch(wanted.filter(i => i !== skip))
     if (wanted.every(i => shards[i] !== null)) return concat(wanted.map(i => shards[i]!))
 
     const rest: number[] = []
@@ -109,7 +114,7 @@ export class PartnerSet {
     if (present < this.k) {
       // Too few partners answered: give the ones that are away a bounded time to come back, then retry them.
       const missing: number[] = []
-      for (let i = 0; i < this.n; i++) if (shards[i] === null) missing.push(i)
+      for (let i = 0; i < this.n; i++) if (shards[i] === null && i !== skip) missing.push(i)
       const waits = missing.map(i => this.partnerFor(slot, i).waitOnline?.(this.readWaitMs) ?? Promise.resolve(false))
       const back = await Promise.all(waits)
       await fetch(missing.filter((_, j) => back[j]))
@@ -120,6 +125,18 @@ export class PartnerSet {
     }
     const rebuilt = await this.rs.reconstruct(shards, wanted)
     return concat(rebuilt)
+  }
+
+  // Rebuilds block index of a stripe from the others (any k) and sends it to its partner: for a partner
+  // that was away when the stripe was written, or lost its disk.
+  async rebuildBlock (slot: number, version: number, index: number): Promise<void> {
+    const data = await this.readData(slot, version, 0, this.k - 1, index)
+    const shards: Buffer[] = []
+    for (let i = 0; i < this.k; i++) shards.push(data.subarray(i * this.blockSize, (i + 1) * this.blockSize))
+    const payload = index < this.k ? shards[index] : (await this.rs.encode(shards))[index - this.k]
+    const p = this.partnerFor(slot, index)
+    const [block] = await this.sealer.sealBlocks(slot, version, [p.id], [payload])
+    await p.writeBlock(slot, block)
   }
 
   private async fetchBlock (slot: number, version: number, index: number): Promise<Buffer | null> {

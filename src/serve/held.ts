@@ -57,16 +57,23 @@ export class HeldArea {
     return this.used.size
   }
 
+  // Errors name the slot, never this node's paths: their text goes back to the partner.
+  private checkSlot (slot: number): void {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots) {
+      throw new CoopError('ESLOT', `slot ${slot} is outside the ${this.slots} slots reserved`)
+    }
+  }
+
   async writeBlock (slot: number, block: Buffer): Promise<void> {
+    this.checkSlot(slot)
+    if (block.length !== this.slotBytes) throw new CoopError('EBLOCK', `block of ${block.length} bytes does not fit a ${this.slotBytes}-byte slot`)
     await this.area.writeBlock(slot, block)
     this.used.add(slot)
     await this.sync()
   }
 
   async readBlock (slot: number): Promise<Buffer | null> {
-    if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots) {
-      throw new CoopError('ESLOT', `slot ${slot} is outside the ${this.slots} slots reserved`)
-    }
+    this.checkSlot(slot)
     if (!this.used.has(slot)) return null
     return this.area.readBlock(slot)
   }

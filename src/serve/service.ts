@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { EventEmitter } from 'node:events'
 import { CoopError } from '../errors.js'
-import { BLOCK_SIZE_BYTES, PING_INTERVAL_MS, QUOTA_FACTOR, QUOTA_WINDOW_MS, REQUEST_TIMEOUT_MS, RESTORE_WINDOW_MS } from '../config.js'
+import { BLOCK_SIZE_BYTES, PING_INTERVAL_MS, PING_TIMEOUT_MS, QUOTA_FACTOR, QUOTA_WINDOW_MS, REQUEST_TIMEOUT_MS, RESTORE_WINDOW_MS } from '../config.js'
 import { keyedHash } from '../crypto/seal.js'
 import type { Keys } from '../crypto/keys.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
@@ -108,7 +108,11 @@ export class PartnerService extends EventEmitter {
       allow: key => opts.acceptAll === true || this.find(key.toString('hex')) !== undefined
     })
     this.net.on('peer', (peer: Peer) => { this.onPeer(peer) })
-    this.net.on('inbound', (peer: Peer) => { this.lastSeen.set(peer.hex, Date.now()) })
+    this.net.on('inbound', (peer: Peer) => {
+      this.lastSeen.set(peer.hex, Date.now())
+      // The partner (re)started: the connection this node holds to it may be a dead one from before.
+      this.checkLink(peer.hex)
+    })
     this.net.on('peer-closed', (peer: Peer) => this.emit('offline', peer.hex))
     await this.net.start()
     for (const a of this.agreements) this.track(a)
@@ -149,7 +153,7 @@ export class PartnerService extends EventEmitter {
     if (hex === this.keys.publicKey.toString('hex')) throw new CoopError('EUSAGE', 'that is this node\'s own key')
     const have = this.find(hex)
     if (have) {
-      if (have.slots !== slots) throw new CoopError('EEXIST', `an agreement with ${hex.slice(0, 16)} for ${have.slots} slots exists; remove it first to change it`)
+      if (have.slots !== slots) throw new CoopError('EEXIST', `an agreement with ${hex.slice(0, 16)} for ${have.slots} slots exists already`)
       return have
     }
     checkSpace(this.heldDir, slots * SLOT_BYTES, [...this.held.values()])
@@ -237,11 +241,23 @@ export class PartnerService extends EventEmitter {
 
   private pingAll (): void {
     for (const peer of this.node.connected()) {
-      peer.ping(REQUEST_TIMEOUT_MS).then(() => this.lastSeen.set(peer.hex, Date.now()), () => {
-        // No answer in time: drop the connection so Hyperswarm dials it afresh.
-        peer.destroy()
-      })
+      // Only agreements both sides hold: the other side answers nothing else.
+      if (this.find(peer.hex)?.state === 'active') this.ping(peer)
     }
+  }
+
+  private ping (peer: Peer): void {
+    peer.ping(PING_TIMEOUT_MS).then(() => this.lastSeen.set(peer.hex, Date.now()), () => {
+      // No answer in time: drop the connection so it is dialed afresh.
+      peer.destroy()
+    })
+  }
+
+  private checkLink (hex: string): void {
+    if (!this.net) return
+    const out = this.net.peer(hex)
+    if (out) this.ping(out)
+    else this.net.hurry(hex)
   }
 
   private active (peer: Peer): { a: Agreement, area: HeldArea } {

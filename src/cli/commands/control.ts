@@ -113,6 +113,7 @@ export async function statusCommand (args: Args): Promise<void> {
       `checkpoint:  #${status.checkpoint}${status.changedSinceCheckpoint ? ' (newer changes not yet checkpointed)' : ''}`,
       `coding:      k=${status.erasureCoding.k} m=${status.erasureCoding.m}, ${status.erasureCoding.backend} coder${status.erasureCoding.note ? ' - ' + status.erasureCoding.note : ''}`,
       `partners:    ${status.partnersOnline} of ${status.partners.length} online`,
+      `redundancy:  ${status.blocksLagging ? `${status.blocksLagging} blocks still to be sent to partners that were away` : 'full'}`,
       `damage:      ${status.damage.count ? `${status.damage.count} bad or missing blocks seen (served by decoding)` : 'none seen'}`
     )
     if (status.lastError) lines.push(`last error:  ${status.lastError}`)
