@@ -21,6 +21,8 @@ export const DEFAULT_SLOTS = 8192
 export const WRITEBACK_LIMIT_BYTES = 256 * 1024 * 1024
 // Decrypted chunk cache held in memory.
 export const CACHE_LIMIT_BYTES = 64 * 1024 * 1024
+// Blocks read from network partners are also kept on local disk (in the home's cache folder), up to this.
+export const DISK_CACHE_BYTES = envInt('COOPFS_DISK_CACHE_BYTES', 4 * 1024 * 1024 * 1024)
 
 // A dirty block that has not been written to for this long is packed even if its file is still open.
 export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
@@ -50,7 +52,7 @@ export const CONTROL_TIMEOUT_MS = 10 * 60_000
 // Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner
 // to come back before decoding around it (and failing with EIO when too few are up); writes wait longer.
 export const REQUEST_TIMEOUT_MS = envInt('COOPFS_REQUEST_TIMEOUT_MS', 15_000)
-export const READ_WAIT_MS = envInt('COOPFS_READ_WAIT_MS', 3_000)
+export const READ_WAIT_MS = envInt('COOPFS_READ_WAIT_MS', 10_000)
 export const WRITE_WAIT_MS = envInt('COOPFS_WRITE_WAIT_MS', 5_000)
 // Partners are pinged this often; one that does not answer within PING_TIMEOUT_MS is redialed.
 export const PING_INTERVAL_MS = envInt('COOPFS_PING_INTERVAL_MS', 10_000)

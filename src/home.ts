@@ -73,6 +73,7 @@ export class Home {
   get logFile (): string { return path.join(this.dir, 'daemon.log') }
   get partnersDir (): string { return path.join(this.dir, 'partners') }
   get demoFile (): string { return path.join(this.dir, 'demo.json') }
+  get cacheDir (): string { return path.join(this.dir, 'cache') }
 
   exists (): boolean {
     return fs.existsSync(this.configFile) && fs.existsSync(this.keyFile)

@@ -61,6 +61,8 @@ test('six partners on loopback: sync, lose m partners, lose the machine, recover
   killNode(partners[0])
   killNode(partners[1])
   await unmount(mnt)
+  const dropCache = (): void => fs.rmSync(path.join(owner.home, 'cache'), { recursive: true, force: true })
+  dropCache()
   t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
   const degraded = snapshot(mnt)
   t.alike([...degraded.entries()].map(([k, v]) => [k, v.hash]), [...before.entries()].map(([k, v]) => [k, v.hash]), 'every file reads back with two partners down')
@@ -69,6 +71,7 @@ test('six partners on loopback: sync, lose m partners, lose the machine, recover
   // the mount stays responsive; once the partners are back, the same read works.
   killNode(partners[2])
   await unmount(mnt)
+  dropCache()
   t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
   const started = Date.now()
   const failed = await sh(`cat '${path.join(mnt, 'big.bin')}' > /dev/null`)
@@ -104,6 +107,18 @@ test('six partners on loopback: sync, lose m partners, lose the machine, recover
   t.is(st2.publicKey, owner.publicKey, 'the recovered node has the same identity')
   await waitOnline({ ...owner, home: newHome }, 6)
   t.is((await cli(['sync', '--home', newHome, '--timeout', '60'])).code, 0, 'the recovered node stores new checkpoints')
+
+  // prefetch pulls the whole tree into the local cache: with every partner gone and memory caches empty
+  // (a new daemon), every file still reads.
+  const pre = await cli(['prefetch', mnt2])
+  t.is(pre.code, 0, pre.stderr)
+  t.ok(/prefetched \/: \d+ files/.test(pre.stdout), pre.stdout.trim())
+  t.ok(/100%/.test(pre.stderr), 'progress reaches 100%')
+  for (const p of partners) killNode(p)
+  await unmount(mnt2)
+  t.is((await cli(['mount', mnt2, '--home', newHome])).code, 0)
+  const offline = snapshot(mnt2)
+  t.alike([...offline.entries()].map(([k, v]) => [k, v.hash]), [...before.entries()].map(([k, v]) => [k, v.hash]), 'every file reads from the local cache with no partner up')
 })
 
 test('a key with no agreement gets nothing', { timeout: 300_000 }, async t => {

@@ -5,6 +5,7 @@ import { initCommand } from './commands/init.js'
 import { mountCommand, serveCommand } from './commands/mount.js'
 import { unmountCommand, statusCommand, syncCommand, partnersCommand, stopCommand } from './commands/control.js'
 import { matcherCommand } from './commands/matcher.js'
+import { prefetchCommand } from './commands/prefetch.js'
 import { demoCommand } from './commands/demo.js'
 
 const USAGE = `usage: coopfs COMMAND [options]
@@ -38,6 +39,7 @@ const COMMANDS: Record<string, (args: ReturnType<typeof parseArgs>) => Promise<v
   serve: serveCommand,
   stop: stopCommand,
   matcher: matcherCommand,
+  prefetch: prefetchCommand,
   demo: demoCommand
 }
 

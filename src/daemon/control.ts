@@ -4,8 +4,9 @@ import fs from 'node:fs'
 import { CoopError } from '../errors.js'
 
 export interface Request {
-  op: 'status' | 'sync' | 'unmount' | 'ping' | 'partnerAdd' | 'partners'
+  op: 'status' | 'sync' | 'unmount' | 'ping' | 'partnerAdd' | 'partners' | 'prefetch' | 'prefetchProgress'
   timeoutMs?: number
+  path?: string
   key?: string
   slots?: number
 }

@@ -18,6 +18,8 @@ export interface DaemonOptions {
   ready: (err: Error | null) => void
 }
 
+const STARTUP_PARTNER_WAIT_MS = 5000
+
 // Keeps the FUSE session object reachable for the daemon's lifetime.
 let active: Mounted | null = null
 
@@ -59,6 +61,8 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
     if (mountpoint) {
       engine = new Engine(home, { log, service: service ?? undefined })
       await engine.start()
+      // Reads right after the mount should not wait on the first dials: give the partners a moment.
+      await engine.waitPartners(STARTUP_PARTNER_WAIT_MS)
       active = await mountFilesystem(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
     }
   } catch (err) {
@@ -108,6 +112,10 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
         return { ...a, column }
       }
       case 'partners': return svc ? svc.list() : []
+      case 'prefetch':
+        if (!eng) throw new CoopError('EUSAGE', 'this daemon serves partners only; it has nothing to prefetch')
+        return eng.prefetch(String(req.path ?? ''))
+      case 'prefetchProgress': return eng?.prefetchProgress() ?? null
       case 'unmount': await stop(); return { stopped: true }
       default: throw new CoopError('EINVAL', `unknown request ${String((req as { op: unknown }).op)}`)
     }

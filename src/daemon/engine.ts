@@ -3,7 +3,7 @@
 import fsp from 'node:fs/promises'
 import { CoopError } from '../errors.js'
 import {
-  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, MAX_BACKOFF_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
+  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, DISK_CACHE_BYTES, MAX_BACKOFF_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
 } from '../config.js'
 import { deriveKeys, type Keys } from '../crypto/keys.js'
 import { Home, assignColumn, type HomeConfig } from '../home.js'
@@ -23,6 +23,8 @@ import { PartnerSet } from '../partners/partner-set.js'
 import { ReedSolomon, nativeAvailable } from '../stripe/reed-solomon.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
 import { PooledSealer, type Sealer } from '../crypto/seal-pool.js'
+import { DiskCache } from '../log/disk-cache.js'
+import { Prefetch, type PrefetchProgress } from './prefetch.js'
 
 const FIRST_BACKOFF_MS = 500
 // Lagging blocks rebuilt per round of the background loop (the disk lock is held meanwhile).
@@ -55,6 +57,7 @@ export interface EngineStatus {
   slots: { total: number, free: number, live: number, pendingFree: number }
   damage: { count: number, recent: Array<{ slot: number, block: number, partner: string, problem: string, at: string }> }
   cacheBytes: number
+  diskCache: { bytes: number, limit: number }
   lastError: string | null
 }
 
@@ -83,6 +86,7 @@ export class Engine {
   private backoffMs = 0
   private readonly lag: Record<'add' | 'next' | 'drop' | 'count' | 'column', Database.Statement>
   private readonly service: PartnerService | null
+  private prefetchJob: Prefetch | null = null
   lastError: string | null = null
 
   constructor (home: Home, opts: EngineOptions = {}) {
@@ -113,7 +117,9 @@ export class Engine {
       keys: this.keys,
       sealer: this.sealer,
       slots: this.cfg.slots,
-      cacheBytes: opts.cacheBytes ?? CACHE_LIMIT_BYTES
+      cacheBytes: opts.cacheBytes ?? CACHE_LIMIT_BYTES,
+      // Blocks fetched over the network are kept on local disk too; local partners need no second copy.
+      diskCache: this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES) : undefined
     })
     this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? WRITEBACK_LIMIT_BYTES)
     this.fs = new Filesystem({
@@ -150,6 +156,26 @@ export class Engine {
     }
     // A block its partner did not take is rebuilt from the rest of its stripe and sent when the partner is back.
     this.partners.onMissed = (slot, version, index) => { this.lag.add.run(slot, index, version) }
+  }
+
+  // Waits up to ms until every partner is online (or none is configured).
+  async waitPartners (ms: number): Promise<void> {
+    const deadline = Date.now() + ms
+    const members = this.partners.partners.filter(p => !(p instanceof AbsentPartner))
+    while (Date.now() < deadline && !members.every(p => p.online())) {
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+
+  // Starts pulling rel (a path inside the mount) into the local cache; one job at a time.
+  prefetch (rel: string): PrefetchProgress {
+    if (this.prefetchJob?.progress.running) throw new CoopError('EBUSY', `a prefetch of ${this.prefetchJob.progress.path} is running`)
+    this.prefetchJob = new Prefetch(this.meta, this.disk, rel, this.cfg.chunkSize)
+    return this.prefetchJob.progress
+  }
+
+  prefetchProgress (): PrefetchProgress | null {
+    return this.prefetchJob?.progress ?? null
   }
 
   // A partner that lost its disk and restored asks for its blocks again: every stored stripe's block in its
@@ -397,6 +423,7 @@ export class Engine {
       slots: { total: this.cfg.slots, ...counts },
       damage: { count: this.partners.damageCount, recent: this.partners.damage.slice(-10) },
       cacheBytes: this.disk.cacheBytes(),
+      diskCache: this.disk.diskCacheBytes(),
       lastError: this.lastError
     }
   }
@@ -405,6 +432,7 @@ export class Engine {
   async close (flush = true): Promise<void> {
     if (this.closed) return
     this.closed = true
+    this.prefetchJob?.cancel()
     this.kick()
     await this.loopDone
     if (flush) {

@@ -8,6 +8,7 @@ import { keyedHash, sealChunk } from '../crypto/seal.js'
 import { FILL_LIMIT, MIN_RESERVED_SLOTS, RESERVED_FRACTION } from '../config.js'
 import { MetaStore, SEG_FREE, SEG_OPEN, SEG_LIVE, SEG_PENDING_FREE, type ChunkLoc } from '../fs/meta-store.js'
 import { Lock } from './lock.js'
+import type { DiskCache } from './disk-cache.js'
 import type { Keys } from '../crypto/keys.js'
 import type { Sealer } from '../crypto/seal-pool.js'
 import type { PartnerSet } from '../partners/partner-set.js'
@@ -40,6 +41,8 @@ export interface LogicalDiskOptions {
   sealer: Sealer
   slots: number
   cacheBytes: number
+  // Verified data blocks kept on local disk (none when absent).
+  diskCache?: DiskCache
 }
 
 
@@ -61,6 +64,7 @@ export class LogicalDisk {
   useReserve = false
   // Called after a segment's chunks were committed (live bytes changed).
   onCommitted: () => void = () => {}
+  private readonly diskCache: DiskCache | null
   private readonly chunkCache: LRUCache<string, Buffer>
   private readonly blockCache: LRUCache<string, Buffer>
   private counts: { free: number, live: number, pendingFree: number } | null = null
@@ -68,7 +72,8 @@ export class LogicalDisk {
   private readonly blockReads = new Map<string, Promise<Buffer>>()
   private readonly st: Record<string, Database.Statement>
 
-  constructor ({ meta, partners, keys, sealer, slots, cacheBytes }: LogicalDiskOptions) {
+  constructor ({ meta, partners, keys, sealer, slots, cacheBytes, diskCache }: LogicalDiskOptions) {
+    this.diskCache = diskCache ?? null
     this.meta = meta
     this.sealer = sealer
     this.partners = partners
@@ -274,6 +279,11 @@ export class LogicalDisk {
     let plain: Buffer | null
     try {
       plain = await this.sealer.open(id, await this.readSealed(loc))
+      if (!plain && this.diskCache) {
+        // A cached copy may have rotted on this disk: try once more from the partners.
+        this.forgetBlocks(loc)
+        plain = await this.sealer.open(id, await this.readSealed(loc))
+      }
     } catch (err) {
       // The cleaner may have moved the chunk while it was being read: look it up once more.
       const again = this.meta.getChunk(id)
@@ -313,7 +323,7 @@ export class LogicalDisk {
       hi = i
     }
     if (lo >= 0) {
-      const fetch = this.partners.readData(slot, version, lo, hi)
+      const fetch = this.fetchBlocks(slot, version, lo, hi)
       for (let i = lo; i <= hi; i++) {
         const k = keyOf(i)
         if (this.blockCache.has(k) || this.blockReads.has(k)) continue
@@ -331,8 +341,46 @@ export class LogicalDisk {
   }
 
 
+  // Blocks lo..hi from the on-disk cache when all are there, otherwise from the partners (and into the cache).
+  private async fetchBlocks (slot: number, version: number, lo: number, hi: number): Promise<Buffer> {
+    const dc = this.diskCache
+    if (dc) {
+      const parts: Buffer[] = []
+      for (let i = lo; i <= hi; i++) {
+        const b = dc.has(diskKey(slot, version, i)) ? await dc.get(diskKey(slot, version, i)) : null
+        if (!b || b.length !== this.blockSize) break
+        parts.push(b)
+      }
+      if (parts.length === hi - lo + 1) return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+    }
+    const data = await this.partners.readData(slot, version, lo, hi)
+    if (dc) {
+      for (let i = lo; i <= hi; i++) {
+        await dc.put(diskKey(slot, version, i), data.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize))
+      }
+    }
+    return data
+  }
+
+  // Forgets the cached blocks a chunk lies in (they failed to open): the next read goes to the partners.
+  private forgetBlocks (loc: ChunkLoc): void {
+    const first = Math.floor(loc.off / this.blockSize)
+    const last = Math.floor((loc.off + loc.len - 1) / this.blockSize)
+    for (let i = first; i <= last; i++) {
+      this.blockCache.delete(`${loc.slot}:${loc.version}:${i}`)
+      this.diskCache?.drop(diskKey(loc.slot, loc.version, i))
+    }
+  }
+
+  diskCacheBytes (): { bytes: number, limit: number } {
+    return { bytes: this.diskCache?.size ?? 0, limit: this.diskCache?.limit ?? 0 }
+  }
+
   cacheBytes (): number {
     return this.chunkCache.calculatedSize + this.blockCache.calculatedSize
   }
 }
 
+function diskKey (slot: number, version: number, index: number): string {
+  return `${slot}-${version}-${index}`
+}

@@ -58,15 +58,22 @@ export class HeldArea {
   }
 
   // Errors name the slot, never this node's paths: their text goes back to the partner.
-  private checkSlot (slot: number): void {
+  checkSlot (slot: number): void {
     if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots) {
       throw new CoopError('ESLOT', `slot ${slot} is outside the ${this.slots} slots reserved`)
     }
   }
 
-  async writeBlock (slot: number, block: Buffer): Promise<void> {
+  // A partner stores sealed blocks only: the right size, starting with the block magic (which is also how
+  // the slots in use are found again after a restart).
+  checkBlock (slot: number, block: Buffer): void {
     this.checkSlot(slot)
     if (block.length !== this.slotBytes) throw new CoopError('EBLOCK', `block of ${block.length} bytes does not fit a ${this.slotBytes}-byte slot`)
+    if (!block.subarray(0, 4).equals(MAGIC)) throw new CoopError('EBLOCK', 'not a coopfs block (no block header)')
+  }
+
+  async writeBlock (slot: number, block: Buffer): Promise<void> {
+    this.checkBlock(slot, block)
     await this.area.writeBlock(slot, block)
     this.used.add(slot)
     await this.sync()

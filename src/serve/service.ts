@@ -16,6 +16,8 @@ import { HeldArea } from './held.js'
 import { readAgreements, writeAgreements, type Agreement } from './agreements.js'
 
 export const SLOT_BYTES = BLOCK_HEADER_BYTES + BLOCK_SIZE_BYTES
+export const MIN_SLOTS = 16
+export const MAX_SLOTS = 1 << 24
 
 export function recoveryTopic (keys: Keys): Buffer {
   return keyedHash(keys.recoveryTopicKey, Buffer.from('coopfs recovery topic'))
@@ -151,6 +153,8 @@ export class PartnerService extends EventEmitter {
   // Friend mode: reserve the space for the partner now and confirm with it when it connects.
   async add (hex: string, slots: number): Promise<Agreement> {
     if (hex === this.keys.publicKey.toString('hex')) throw new CoopError('EUSAGE', 'that is this node\'s own key')
+    if (!/^[0-9a-f]{64}$/.test(hex)) throw new CoopError('EUSAGE', 'a partner key is 64 hex digits')
+    if (!Number.isInteger(slots) || slots < MIN_SLOTS || slots > MAX_SLOTS) throw new CoopError('EUSAGE', `an agreement is for ${MIN_SLOTS} to ${MAX_SLOTS} slots`)
     const have = this.find(hex)
     if (have) {
       if (have.slots !== slots) throw new CoopError('EEXIST', `an agreement with ${hex.slice(0, 16)} for ${have.slots} slots exists already`)
@@ -158,7 +162,12 @@ export class PartnerService extends EventEmitter {
     }
     checkSpace(this.heldDir, slots * SLOT_BYTES, [...this.held.values()])
     const a: Agreement = { key: hex, slots, state: 'proposed', createdAt: new Date().toISOString() }
-    await this.openArea(a, true)
+    try {
+      await this.openArea(a, true)
+    } catch (err) {
+      fs.rmSync(path.join(this.heldDir, hex), { recursive: true, force: true })
+      throw err
+    }
     this.agreements.push(a)
     this.save()
     if (this.net && !this.closed) {
@@ -293,15 +302,20 @@ export class PartnerService extends EventEmitter {
         this.activate(a, topic)
         return { slots: a.slots, topic: this.topic }
       },
+      // Quotas count what was stored or served, not requests refused.
       writeBlock: async (peer, slot, data) => {
         const { a, area } = this.active(peer)
+        area.checkBlock(slot, data)
         this.charge(a, 'written', data.length)
         await area.writeBlock(slot, data)
       },
       readBlock: async (peer, slot) => {
         const { a, area } = this.active(peer)
-        this.charge(a, 'read', SLOT_BYTES)
-        return area.readBlock(slot)
+        area.checkSlot(slot)
+        this.charge(a, 'read', 0)
+        const block = await area.readBlock(slot)
+        if (block) this.charge(a, 'read', block.length)
+        return block
       },
       getMaster: async peer => this.active(peer).area.getMaster(),
       putMaster: async (peer, data) => { await this.active(peer).area.putMaster(data) },
@@ -334,13 +348,12 @@ export class PartnerService extends EventEmitter {
 // A new reservation must fit beside what earlier reservations may still claim (their areas are sparse
 // until partners fill them).
 function checkSpace (dir: string, bytes: number, areas: HeldArea[]): void {
-  fs.mkdirSync(dir, { recursive: true })
   let promised = 0
   for (const area of areas) {
     const st = fs.statSync(area.file())
     promised += Math.max(0, st.size - st.blocks * 512)
   }
-  const fsst = fs.statfsSync(dir)
+  const fsst = fs.statfsSync(fs.existsSync(dir) ? dir : path.dirname(dir))
   const free = fsst.bavail * fsst.bsize
   if (bytes + promised > free) {
     throw new CoopError('ENOSPC', `reserving ${fmtBytes(bytes)} for this partner needs more than the ${fmtBytes(Math.max(0, free - promised))} left on this disk (${fmtBytes(promised)} is already promised to other partners)`)
