@@ -126,13 +126,31 @@ export class Home {
 // pid may be reused by an unrelated process).
 function isLiveDaemon (pid: number): boolean {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
-    if (/^\d+ \(.*\) [ZX]/.test(stat)) return false
+    if (!isRunning(pid)) return false
     const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
     return cmd.includes('mount') || cmd.includes('serve')
   } catch {
     return false
   }
+}
+
+// Whether pid is a process that still runs (a zombie does not).
+export function isRunning (pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
+// Waits up to ms for pid to stop running; false when it still runs.
+export async function waitForExit (pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (isRunning(pid)) {
+    if (Date.now() > deadline) return false
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  return true
 }
 
 export function writeFileAtomic (file: string, data: string | Buffer, mode = 0o644): void {

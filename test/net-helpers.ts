@@ -53,6 +53,14 @@ export async function startNet (t: Teardown): Promise<Net> {
   })
   const bootstrap = `${HOST}:${port}`
   const net: Net = { dir, bootstrap, flags: ['--bootstrap', bootstrap, '--host', HOST], matcher }
+  // A test process that dies before its teardown still takes its daemons and bootstrap node with it.
+  process.once('exit', () => {
+    matcher.kill('SIGKILL')
+    if (!fs.existsSync(dir)) return
+    for (const name of fs.readdirSync(dir)) {
+      try { process.kill(Number(fs.readFileSync(path.join(dir, name, 'daemon.pid'), 'utf8')), 'SIGKILL') } catch {}
+    }
+  })
   t.teardown(async () => {
     for (const name of fs.readdirSync(dir)) {
       const mnt = path.join(dir, name)

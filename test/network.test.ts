@@ -4,9 +4,10 @@
 import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import HyperDHT from 'hyperdht'
-import { cli, sh, status, unmount } from './helpers.js'
+import { cli, sh, status, unmount, unmountQuietly } from './helpers.js'
 import { snapshot, writeTree, xattrOf } from './tree.js'
 import { HOST, addPartner, grepTree, initNode, killNode, serve, startNet, waitFor, waitOnline, type Node } from './net-helpers.js'
 import { NetNode } from '../src/net/node.js'
@@ -247,4 +248,29 @@ test('a partner that restored on a new machine gets its share back', { timeout: 
   await unmount(mntA)
   t.is((await cli(['mount', mntA, '--home', a.home])).code, 0)
   t.alike(fs.readFileSync(path.join(mntA, 'a.bin')), dataA, 'A reads its file from the blocks B reloaded')
+})
+
+test('coopfs demo starts a bootstrap node and partners, mounts, and unmount stops all of it', { timeout: 300_000 }, async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coopfs-demo-test-'))
+  const mnt = path.join(dir, 'coopfs-demo')
+  t.teardown(async () => {
+    await unmountQuietly(mnt)
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  const r = await cli(['demo', mnt, '--partners', '3'])
+  t.is(r.code, 0, r.stderr)
+  t.ok(/backed by 3 partners/.test(r.stdout), r.stdout)
+  const home = /status --home (\S+)/.exec(r.stdout)![1]
+  const st = await status(home)
+  t.is(st.partnersOnline, 3, 'every partner is online')
+  fs.writeFileSync(path.join(mnt, 'hello.txt'), 'hello from the demo')
+  t.is((await cli(['sync', '--home', home, '--timeout', '60'])).code, 0)
+  const pids = [st.pid as number, ...fs.readdirSync(path.dirname(home)).filter(n => n.startsWith('partner')).map(n => Number(fs.readFileSync(path.join(path.dirname(home), n, 'daemon.pid'), 'utf8')))]
+  const u = await cli(['unmount', mnt])
+  t.is(u.code, 0, u.stderr)
+  t.ok(/stopped the demo/.test(u.stdout), u.stdout)
+  // A process counts as stopped once it is gone or a zombie.
+  const alive = pids.filter(pid => { try { return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')) } catch { return false } })
+  t.alike(alive, [], 'the daemon and every partner stopped')
+  t.absent(fs.existsSync(path.dirname(home)), 'the demo folder is gone')
 })

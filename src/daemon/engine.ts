@@ -158,11 +158,15 @@ export class Engine {
     this.partners.onMissed = (slot, version, index) => { this.lag.add.run(slot, index, version) }
   }
 
-  // Waits up to ms until every partner is online (or none is configured).
+  // Waits up to ms until every partner is online, or for a shorter while once k of them are (enough to
+  // read everything).
   async waitPartners (ms: number): Promise<void> {
-    const deadline = Date.now() + ms
+    const started = Date.now()
     const members = this.partners.partners.filter(p => !(p instanceof AbsentPartner))
-    while (Date.now() < deadline && !members.every(p => p.online())) {
+    for (;;) {
+      const up = members.filter(p => p.online()).length
+      const waited = Date.now() - started
+      if (up === members.length || waited >= ms || (up >= this.cfg.k && waited >= ms / 4)) return
       await new Promise(resolve => setTimeout(resolve, 100))
     }
   }

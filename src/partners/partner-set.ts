@@ -39,6 +39,7 @@ export class PartnerSet {
   readonly blockSize: number
   readonly writeQuorum: number
   readonly readWaitMs: number
+  private readonly gaveUpAt = new Map<Partner, number>()
   readonly damage: DamageRecord[] = []
   damageCount = 0
   private readonly sealer: Sealer
@@ -115,8 +116,7 @@ export class PartnerSet {
       // Too few partners answered: give the ones that are away a bounded time to come back, then retry them.
       const missing: number[] = []
       for (let i = 0; i < this.n; i++) if (shards[i] === null && i !== skip) missing.push(i)
-      const waits = missing.map(i => this.partnerFor(slot, i).waitOnline?.(this.readWaitMs) ?? Promise.resolve(false))
-      const back = await Promise.all(waits)
+      const back = await Promise.all(missing.map(i => this.waitFor(this.partnerFor(slot, i))))
       await fetch(missing.filter((_, j) => back[j]))
       present = shards.filter(s => s !== null).length
     }
@@ -125,6 +125,18 @@ export class PartnerSet {
     }
     const rebuilt = await this.rs.reconstruct(shards, wanted)
     return concat(rebuilt)
+  }
+
+  // A partner that did not come back within the read wait is not waited for again for a while: later reads
+  // fail (or decode) at once instead of each waiting in turn.
+  private async waitFor (p: Partner): Promise<boolean> {
+    if (!p.waitOnline) return false
+    const gaveUp = this.gaveUpAt.get(p)
+    if (gaveUp !== undefined && Date.now() - gaveUp < this.readWaitMs * 3) return p.online()
+    const back = await p.waitOnline(this.readWaitMs)
+    if (back) this.gaveUpAt.delete(p)
+    else this.gaveUpAt.set(p, Date.now())
+    return back
   }
 
   // Rebuilds block index of a stripe from the others (any k) and sends it to its partner: for a partner

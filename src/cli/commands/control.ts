@@ -4,7 +4,7 @@ import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { CoopError } from '../../errors.js'
 import { CONTROL_TIMEOUT_MS } from '../../config.js'
-import { Home, assignColumn, isLocal, resolveHome, type HomeConfig } from '../../home.js'
+import { Home, assignColumn, isLocal, resolveHome, waitForExit as waitForDaemonExit, type HomeConfig } from '../../home.js'
 import { deriveKeys } from '../../crypto/keys.js'
 import { PartnerService, type PartnerRow } from '../../serve/service.js'
 import { parseKey } from '../../serve/agreements.js'
@@ -58,16 +58,7 @@ function forceUnmount (mp: string): void {
 }
 
 async function waitForExit (pid: number): Promise<void> {
-  const deadline = Date.now() + STOP_WAIT_MS
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0)
-    } catch {
-      return
-    }
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  throw new CoopError('ETIMEDOUT', `the daemon (pid ${pid}) did not stop in time`)
+  if (!(await waitForDaemonExit(pid, STOP_WAIT_MS))) throw new CoopError('ETIMEDOUT', `the daemon (pid ${pid}) did not stop in time`)
 }
 
 type Status = EngineStatus & { mountpoint: string | null, pid: number | null, home: string, agreements?: PartnerRow[] }

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { CoopError } from '../../errors.js'
 import { CONTROL_TIMEOUT_MS } from '../../config.js'
-import { Home, writeFileAtomic } from '../../home.js'
+import { Home, isRunning, waitForExit, writeFileAtomic } from '../../home.js'
 import { request } from '../../daemon/control.js'
 import { addAgreementOffline } from './control.js'
 import { int, onlyFlags, type Args } from '../args.js'
@@ -129,12 +129,14 @@ export async function stopDemo (info: DemoInfo): Promise<void> {
     const home = new Home(h)
     const pid = home.daemonPid()
     if (!pid) continue
-    await request(home.socketFile, { op: 'unmount' }, 30_000).catch(() => {
+    await request(home.socketFile, { op: 'unmount' }, 30_000).catch(() => {})
+    if (!(await waitForExit(pid, 30_000))) {
       try { process.kill(pid, 'SIGKILL') } catch {}
-    })
+    }
   }
-  if (info.matcherPid) {
+  if (info.matcherPid && isRunning(info.matcherPid)) {
     try { process.kill(info.matcherPid, 'SIGTERM') } catch {}
+    await waitForExit(info.matcherPid, 10_000)
   }
   if (!process.env.COOPFS_DEMO_KEEP) fs.rmSync(info.dir, { recursive: true, force: true })
 }
