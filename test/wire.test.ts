@@ -708,10 +708,10 @@ test('malformed frames close the connection carrying them and nothing else', asy
     ['the control channel closing the coopfs channel', Buffer.from([0, 3, 1]), 'closes'],
     ['the control channel rejecting a channel never opened', Buffer.from([0, 2, 9]), 'closes'],
     ['the control channel reopening channel 1', Buffer.concat([Buffer.from([0, 1, 1, 6]), Buffer.from(PROTOCOL), Buffer.from([0, 1, 0])]), 'closes'],
-    // protomux skips what it has no handler for: message indices past the known ones (a later version may
-    // append messages) and channels that are not open.
-    ['message index 10', frame(1, 10, Buffer.from([1, 2, 3])), 'ignored'],
-    ['message index 2^32 - 1', frame(1, 0xffffffff, Buffer.from([1])), 'ignored'],
+    // Both ends speak the same version, so a message type past the known ones is a broken peer.
+    ['message index 10', frame(1, 10, Buffer.from([1, 2, 3])), 'closes'],
+    ['message index 2^32 - 1', frame(1, 0xffffffff, Buffer.from([1])), 'closes'],
+    // protomux skips frames for channels that are not open.
     ['a channel that is not open', frame(5, 7, Buffer.from([1])), 'ignored'],
     ['an answer nobody asked for', frame(1, 9, encode(MESSAGES.reply, { id: 12345, code: 0, data: Buffer.alloc(0), text: '' })), 'ignored']
   ]

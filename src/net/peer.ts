@@ -103,6 +103,18 @@ export class Peer extends EventEmitter {
       })
     }
     this.send = send as Senders
+    // protomux drops messages of a type the channel does not know; both ends speak the same version (hello
+    // checks it), so such a message is a broken peer: close the connection. (_recv is protomux's per-channel
+    // dispatch; test/wire.test.ts checks that this still holds.)
+    const ch = channel as unknown as { _recv: (type: number, state: unknown) => unknown }
+    const recv = ch._recv.bind(channel)
+    ch._recv = (type, state) => {
+      if (type >= MESSAGE_NAMES.length) {
+        this.destroy(new CoopError('EPROTO', `peer sent unknown message type ${type}`))
+        return null
+      }
+      return recv(type, state)
+    }
     channel.open({ version: PROTOCOL_VERSION, features: 0 })
   }
 
