@@ -456,7 +456,7 @@ async function main () {
     say(`big write skipped: it needs about ${f0(needMiB)} MiB free on ${os.tmpdir()}, ${f0(freeMiB)} MiB are`)
   }
 
-  await cli(['init', '--home', state.home, '--json', '--slots', String(slots)])
+  await cli(['init', '--home', state.home, '--json', '--local', '--slots', String(slots)])
   const conf = JSON.parse(fs.readFileSync(path.join(state.home, 'config.json'), 'utf8'))
   const partnerFiles = conf.partners.map(p => path.join(p.path, 'slots.dat'))
   say(`init: k=${conf.k} m=${conf.m}, ${slots} slots (${(slots * conf.k * conf.blockSize / 2 ** 30).toFixed(1)} GiB logical), partner areas are sparse files`)

@@ -26,7 +26,7 @@ const USAGE = `usage: coopfs COMMAND [options]
 --home defaults to $COOPFS_HOME, then $XDG_DATA_HOME/coopfs (~/.local/share/coopfs).
 --bootstrap and --host default to $COOPFS_BOOTSTRAP and $COOPFS_HOST; a home remembers the last ones given.`
 
-const BOOLEANS = ['json', 'foreground', 'recover', 'daemon-child', 'help']
+const BOOLEANS = ['json', 'foreground', 'recover', 'daemon-child', 'help', 'local']
 
 const COMMANDS: Record<string, (args: ReturnType<typeof parseArgs>) => Promise<void>> = {
   init: initCommand,
