@@ -1,10 +1,10 @@
 // Real networks on loopback for tests: a bootstrap node (coopfs matcher) and partner nodes (coopfs serve),
 // each its own process with its own home, every DHT node bound to 127.0.0.1.
 import { spawn, type ChildProcess } from 'node:child_process'
-import dgram from 'node:dgram'
 import fs from 'node:fs'
 import path from 'node:path'
 import { ROOT, cli, status, tmpdir, unmountQuietly } from './helpers.js'
+import { freeUdpPort } from '../src/net/node.js'
 
 const BIN = path.join(ROOT, 'bin', 'coopfs.js')
 export const HOST = '127.0.0.1'
@@ -27,21 +27,10 @@ export interface Net {
   matcher: ChildProcess
 }
 
-export function freeUdpPort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4')
-    sock.once('error', reject)
-    sock.bind(0, HOST, () => {
-      const port = sock.address().port
-      sock.close(() => resolve(port))
-    })
-  })
-}
-
 // A bootstrap node in its own process, stopped (with every daemon under dir) at teardown.
 export async function startNet (t: Teardown): Promise<Net> {
   const dir = tmpdir('coopfs-net-')
-  const port = await freeUdpPort()
+  const port = await freeUdpPort(HOST)
   const matcher = spawn(process.execPath, [BIN, 'matcher', '--port', String(port), '--host', HOST, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
   await new Promise<void>((resolve, reject) => {
     let out = ''

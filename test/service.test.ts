@@ -3,7 +3,6 @@
 // agreements, reserved space, block and master block requests, refusals, strangers, quotas and restarts.
 // Run: node --import tsx test/service.test.ts
 import test from 'brittle'
-import dgram from 'node:dgram'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import os from 'node:os'
@@ -16,6 +15,7 @@ import { encodeMaster, type MasterBody } from '../src/log/master-block.js'
 import { readAgreements } from '../src/serve/agreements.js'
 import { PartnerService, SLOT_BYTES } from '../src/serve/service.js'
 import type { Peer } from '../src/net/peer.js'
+import { freeUdpPort } from '../src/net/node.js'
 
 const HOST = '127.0.0.1'
 // Per request; generous for a slow machine, far below the test timeout.
@@ -23,17 +23,6 @@ const T = 8000
 
 interface Teardown {
   teardown: (fn: () => unknown, opts?: { order?: number }) => void
-}
-
-function freeUdpPort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4')
-    sock.once('error', reject)
-    sock.bind(0, HOST, () => {
-      const port = sock.address().port
-      sock.close(() => resolve(port))
-    })
-  })
 }
 
 function sleep (ms: number): Promise<void> {
@@ -117,7 +106,7 @@ interface Svc {
 
 // A bootstrap node on 127.0.0.1 and services on it, all stopped (and their homes removed) at teardown.
 async function network (t: Teardown): Promise<Net> {
-  const port = await freeUdpPort()
+  const port = await freeUdpPort(HOST)
   const boot = HyperDHT.bootstrapper(port, HOST, { host: HOST })
   await boot.ready()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coopfs-service-'))

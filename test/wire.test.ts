@@ -3,12 +3,11 @@
 // bad input, asks too much at once or stops answering costs only its own connection.
 // Run: node --import tsx test/wire.test.ts
 import test from 'brittle'
-import dgram from 'node:dgram'
 import type { Duplex } from 'node:stream'
 import HyperDHT from 'hyperdht'
 import Protomux from 'protomux'
 import { CoopError } from '../src/errors.js'
-import { NetNode } from '../src/net/node.js'
+import { NetNode, freeUdpPort } from '../src/net/node.js'
 import { Peer, REPLY_FOR_CODE, type Handlers } from '../src/net/peer.js'
 import {
   MAX_BLOCK_BYTES, MAX_MASTER_BYTES, MAX_SLOT, MAX_TEXT_BYTES, MESSAGES, MESSAGE_NAMES, PROTOCOL, PROTOCOL_VERSION,
@@ -397,17 +396,6 @@ interface Conn {
   remote: Peer
 }
 
-function freeUdpPort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4')
-    sock.once('error', reject)
-    sock.bind(0, HOST, () => {
-      const port = sock.address().port
-      sock.close(() => resolve(port))
-    })
-  })
-}
-
 function handlers (over: Partial<Handlers> = {}): Handlers {
   return {
     propose: async () => ({ reason: 'not in this test' }),
@@ -423,7 +411,7 @@ function handlers (over: Partial<Handlers> = {}): Handlers {
 
 // A bootstrap node and a server on 127.0.0.1 (nothing leaves the machine), and clients the server lets in.
 async function network (t: Teardown, serverHandlers: Handlers, clientCount: number, opts: { strangers?: number } = {}) {
-  const port = await freeUdpPort()
+  const port = await freeUdpPort(HOST)
   const boot = HyperDHT.bootstrapper(port, HOST, { host: HOST })
   await boot.ready()
   const nodes: NetNode[] = []

@@ -4,6 +4,7 @@
 // single connection per pair, as Hyperswarm keeps, two partners dialing each other at the same moment can
 // leave one side holding a connection the other dropped.) The server's firewall turns away every key the
 // node has no business with before the handshake completes.
+import dgram from 'node:dgram'
 import { EventEmitter } from 'node:events'
 import HyperDHT from 'hyperdht'
 import { CoopError } from '../errors.js'
@@ -26,6 +27,18 @@ export interface NetOptions {
   handlers: Handlers
   // Whether a connection from this key may come in.
   allow: (key: Buffer) => boolean
+}
+
+// A UDP port free on host right now (for a bootstrap node started next).
+export function freeUdpPort (host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4')
+    sock.once('error', reject)
+    sock.bind(0, host, () => {
+      const port = sock.address().port
+      sock.close(() => resolve(port))
+    })
+  })
 }
 
 export function parseBootstrap (text: string | undefined): string[] | undefined {

@@ -4,7 +4,6 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import dgram from 'node:dgram'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { CoopError } from '../../errors.js'
@@ -16,6 +15,7 @@ import { int, onlyFlags, type Args } from '../args.js'
 import { initHome } from './init.js'
 import { mountCommand, startDaemon } from './mount.js'
 import { checkMountpoint } from '../mountpoint.js'
+import { freeUdpPort } from '../../net/node.js'
 
 const MAIN = fileURLToPath(new URL('../main.js', import.meta.url))
 const HOST = '127.0.0.1'
@@ -40,7 +40,7 @@ export async function demoCommand (args: Args): Promise<void> {
   const info: DemoInfo = { dir, matcherPid: 0, partnerHomes: [] }
   const say = (line: string): void => { process.stdout.write(line + '\n') }
   try {
-    const port = await freeUdpPort()
+    const port = await freeUdpPort(HOST)
     info.matcherPid = await startMatcher(path.join(dir, 'matcher'), port)
     const bootstrap = [`${HOST}:${port}`]
     say(`bootstrap node on ${HOST}:${port} (pid ${info.matcherPid})`)
@@ -88,17 +88,6 @@ async function waitOnline (home: Home, n: number): Promise<void> {
     if (Date.now() > deadline) throw new CoopError('ETIMEDOUT', `only ${st.partnersOnline} of ${n} partners came online in time`)
     await new Promise(resolve => setTimeout(resolve, 200))
   }
-}
-
-function freeUdpPort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4')
-    sock.once('error', reject)
-    sock.bind(0, HOST, () => {
-      const port = sock.address().port
-      sock.close(() => resolve(port))
-    })
-  })
 }
 
 function startMatcher (dir: string, port: number): Promise<number> {
