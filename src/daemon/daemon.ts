@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import { execFile } from 'node:child_process'
 import { CoopError } from '../errors.js'
-import { Home, isLocal, type HomeConfig } from '../home.js'
+import { Home, assignColumn, isLocal, type HomeConfig } from '../home.js'
 import { deriveKeys } from '../crypto/keys.js'
 import { Engine } from './engine.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
@@ -99,7 +99,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       case 'ping': return { pid: process.pid }
       case 'status': {
         const net = svc ? { address: svc.node.address(), agreements: svc.list() } : {}
-        const base = { mountpoint, pid: process.pid, home: home.dir, publicKey: svc?.keys.publicKey.toString('hex'), partners: [], ...net }
+        const base = { mountpoint, pid: process.pid, home: home.dir, publicKey: svc?.keys.publicKey.toString('hex'), bytesStored: 0, bytesPending: 0, partners: [], ...net }
         return eng ? { ...base, ...eng.status() } : base
       }
       case 'sync':
@@ -107,8 +107,19 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
         return { checkpoint: await eng.sync(req.timeoutMs ?? 0) }
       case 'partnerAdd': {
         if (!svc) throw new CoopError('EUSAGE', 'this home keeps its stripes in local directories; it has no network partners')
-        const a = await svc.add(String(req.key), Number(req.slots))
-        const column = eng ? eng.addPartner(a.key, a.slots) : -1
+        const hex = String(req.key)
+        const slots = Number(req.slots)
+        // Checked before anything is reserved: a home that cannot take this partner refuses it whole.
+        assignColumn(structuredClone(eng ? eng.cfg : home.readConfig()), hex, slots)
+        const a = await svc.add(hex, slots)
+        let column: number
+        if (eng) {
+          column = eng.addPartner(a.key, a.slots)
+        } else {
+          const cfg = home.readConfig()
+          column = assignColumn(cfg, a.key, a.slots)
+          home.writeConfig(cfg)
+        }
         return { ...a, column }
       }
       case 'partners': return svc ? svc.list() : []

@@ -14,6 +14,7 @@ import { Filesystem } from '../fs/filesystem.js'
 import { Packer } from '../fs/packer.js'
 import { LogicalDisk } from '../log/logical-disk.js'
 import { writeCheckpoint } from '../log/checkpoint.js'
+import type { AgreementRecord } from '../log/master-block.js'
 import { clean } from '../log/cleaner.js'
 import { LocalDirPartner } from '../partners/local-dir.js'
 import { AbsentPartner, NetPartner } from '../partners/net-partner.js'
@@ -29,6 +30,9 @@ import { Prefetch, type PrefetchProgress } from './prefetch.js'
 const FIRST_BACKOFF_MS = 500
 // Lagging blocks rebuilt per round of the background loop (the disk lock is held meanwhile).
 const REPAIR_BATCH = 8
+const REPAIR_PAGE = 256
+
+interface LagRow { slot: number, idx: number, version: number, current: number | null, state: number | null }
 const LIVE_REFRESH_MS = 250
 
 export interface EngineOptions {
@@ -148,7 +152,7 @@ export class Engine {
     this.lag = {
       add: this.meta.db.prepare('INSERT OR REPLACE INTO lagging (slot, idx, version) VALUES (?, ?, ?)'),
       next: this.meta.db.prepare(`SELECT l.slot, l.idx, l.version, s.version AS current, s.state FROM lagging l
-        LEFT JOIN segments s ON s.slot = l.slot ORDER BY l.slot, l.idx LIMIT ?`),
+        LEFT JOIN segments s ON s.slot = l.slot ORDER BY l.slot, l.idx LIMIT ? OFFSET ?`),
       drop: this.meta.db.prepare('DELETE FROM lagging WHERE slot = ? AND idx = ? AND version = ?'),
       count: this.meta.db.prepare('SELECT count(*) AS n FROM lagging'),
       column: this.meta.db.prepare(`INSERT OR REPLACE INTO lagging (slot, idx, version)
@@ -198,7 +202,17 @@ export class Engine {
 
   // Sends up to REPAIR_BATCH lagging blocks to partners that are online. Returns how many were sent.
   private async repairRound (): Promise<number> {
-    const rows = this.lag.next.all(REPAIR_BATCH * 4) as Array<{ slot: number, idx: number, version: number, current: number | null, state: number | null }>
+    let sent = 0
+    // Paged: rows waiting for a partner that is still away must not hide the others' rows.
+    for (let offset = 0; sent < REPAIR_BATCH; offset += REPAIR_PAGE) {
+      const rows = this.lag.next.all(REPAIR_PAGE, offset) as LagRow[]
+      if (!rows.length) break
+      sent += await this.repairRows(rows, REPAIR_BATCH - sent)
+    }
+    return sent
+  }
+
+  private async repairRows (rows: LagRow[], budget: number): Promise<number> {
     let sent = 0
     for (const r of rows) {
       if (r.current !== r.version || (r.state !== SEG_LIVE && r.state !== SEG_OPEN)) {
@@ -209,7 +223,7 @@ export class Engine {
       if (r.state !== SEG_LIVE || !this.partners.partnerFor(r.slot, r.idx).online()) continue
       await this.partners.rebuildBlock(r.slot, r.version, r.idx)
       this.lag.drop.run(r.slot, r.idx, r.version)
-      if (++sent >= REPAIR_BATCH) break
+      if (++sent >= budget) break
     }
     return sent
   }
@@ -339,10 +353,10 @@ export class Engine {
   }
 
   // The agreements go into the master block so that a recovered node can take up its partners' side.
-  private masterExtras (): { agreements?: Array<{ key: string, slots: number, topic?: string }>, network?: HomeConfig['network'] } {
+  private masterExtras (): { agreements?: AgreementRecord[], network?: HomeConfig['network'] } {
     if (!this.service) return {}
     return {
-      agreements: this.service.list().map(a => ({ key: a.key, slots: a.slots, topic: this.service!.agreement(a.key)?.topic })),
+      agreements: this.service.list().map(a => ({ key: a.key, slots: a.slots, state: a.state, topic: this.service!.agreement(a.key)?.topic })),
       network: this.cfg.network
     }
   }

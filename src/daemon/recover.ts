@@ -9,7 +9,7 @@ import { Home, layoutOf, type HomeConfig, type PartnerEntry } from '../home.js'
 import { decodeMaster, newestMaster, type MasterBody } from '../log/master-block.js'
 import { restoreCheckpoint } from '../log/checkpoint.js'
 import { LocalDirPartner } from '../partners/local-dir.js'
-import { NetPartner } from '../partners/net-partner.js'
+import { AbsentPartner, NetPartner } from '../partners/net-partner.js'
 import { PartnerSet } from '../partners/partner-set.js'
 import type { Partner } from '../partners/partner.js'
 import { ReedSolomon } from '../stripe/reed-solomon.js'
@@ -30,6 +30,8 @@ function freshHome (homeDir: string): Home {
 // Restores the metadata store from partners (any k of them), then writes key and configuration: the home
 // only counts as a coopfs home once everything before succeeded.
 async function restoreInto (home: Home, keys: Keys, members: Partner[], body: MasterBody, cfg: HomeConfig): Promise<void> {
+  // Columns no partner had filled yet stay empty.
+  for (let i = members.length; i < body.k + body.m; i++) members.push(new AbsentPartner(i, body.slots))
   const partners = new PartnerSet({
     partners: members,
     k: body.k,
@@ -153,10 +155,10 @@ export async function recoverFromNetwork (homeDir: string, recoveryKey: string, 
     for (const a of body.agreements ?? []) {
       const area = await HeldArea.open(path.join(home.dir, 'held', a.key), Buffer.from(a.key, 'hex'), a.slots, SLOT_BYTES, true)
       await area.close()
-      agreements.push({ key: a.key, slots: a.slots, state: 'active', ...(a.topic ? { topic: a.topic } : {}), createdAt: new Date().toISOString() })
+      agreements.push({ key: a.key, slots: a.slots, state: a.state ?? 'active', ...(a.topic ? { topic: a.topic } : {}), createdAt: new Date().toISOString() })
     }
     writeAgreements(home.dir, agreements)
-    fs.writeFileSync(path.join(home.dir, 'restored-pending.json'), JSON.stringify(agreements.map(a => a.key)), { mode: 0o600 })
+    fs.writeFileSync(path.join(home.dir, 'restored-pending.json'), JSON.stringify(agreements.filter(a => a.state === 'active').map(a => a.key)), { mode: 0o600 })
   } finally {
     await node.destroy()
   }

@@ -32,6 +32,7 @@ export interface AgreementRecord {
   key: string
   slots: number
   topic?: string
+  state?: 'proposed' | 'active' | 'rejected'
 }
 
 export interface MasterBody extends Layout {
