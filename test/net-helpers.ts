@@ -87,6 +87,14 @@ export async function addPartner (node: Node, other: Node, slots: number): Promi
   if (r.code !== 0) throw new Error(`partners add failed: ${r.stderr}`)
 }
 
+// A partner node of owner: its identity, its side of the agreement, and (unless told not to) its daemon.
+export async function partnerOf (net: Net, name: string, owner: Node, slots: number, start = true): Promise<Node> {
+  const node = await initNode(net, name, ['--slots', String(slots)])
+  await addPartner(node, owner, slots)
+  if (start) await serve(node)
+  return node
+}
+
 export function daemonPid (node: Node): number {
   return Number(fs.readFileSync(path.join(node.home, 'daemon.pid'), 'utf8'))
 }
