@@ -94,6 +94,15 @@ export async function unmountQuietly (mnt: string): Promise<void> {
   if (r.code !== 0) await run('fusermount', ['-uz', mnt], { env: { PATH: fusermountPath() } })
 }
 
+// Whether pid still runs: gone or a zombie (exited, not yet reaped) counts as stopped.
+export function running (pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
 export function isMounted (mnt: string): boolean {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
   return text.split('\n').some(l => l.split(' ')[4] === mnt)

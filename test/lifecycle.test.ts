@@ -2,7 +2,7 @@
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { cli, init, mount, unmount, status, isMounted, tmpdir } from './helpers.js'
+import { cli, init, mount, unmount, status, isMounted, running, tmpdir } from './helpers.js'
 
 const oneLine = (s: string): boolean => s.trim().split('\n').length === 1 && !/\n\s+at /.test(s)
 
@@ -37,9 +37,7 @@ test('mount returns once mounted; status reports it; unmount stops the daemon', 
   t.is(fs.statSync(path.join(s.home, 'daemon.sock')).mode & 0o777, 0o600, 'control socket is private')
   await unmount(s.mnt)
   t.absent(isMounted(s.mnt))
-  let alive = true
-  try { process.kill(pid, 0) } catch { alive = false }
-  t.absent(alive, 'daemon stopped')
+  t.absent(running(pid), 'daemon stopped')
 })
 
 test('mount errors: missing mount point, not a folder, not empty, already mounted, no identity, home in use', async t => {

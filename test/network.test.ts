@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import HyperDHT from 'hyperdht'
-import { cli, sh, status, unmount, unmountQuietly } from './helpers.js'
+import { cli, running, sh, status, unmount, unmountQuietly } from './helpers.js'
 import { HOST, addPartner, initNode, killNode, partnerOf, serve, startNet, waitFor, waitOnline } from './net-helpers.js'
 import { NetNode } from '../src/net/node.js'
 import type { Handlers } from '../src/net/peer.js'
@@ -154,8 +154,7 @@ test('coopfs demo starts a bootstrap node and partners, mounts, and unmount stop
   const u = await cli(['unmount', mnt])
   t.is(u.code, 0, u.stderr)
   t.ok(/stopped the demo/.test(u.stdout), u.stdout)
-  // A process counts as stopped once it is gone or a zombie.
-  const alive = pids.filter(pid => { try { return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')) } catch { return false } })
+  const alive = pids.filter(running)
   t.alike(alive, [], 'the daemon and every partner stopped')
   t.absent(fs.existsSync(path.dirname(home)), 'the demo folder is gone')
 })
