@@ -55,7 +55,9 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
 
   try {
     const cfg = home.readConfig()
-    service = startService(home, cfg, mountpoint !== null)
+    // Serve-only nodes dial their partners too: a partner that restarts is then seen at once by the owners
+    // (who redial it on the spot) instead of at their next back-off.
+    service = startService(home, cfg, true)
     if (!service && !mountpoint) throw new CoopError('EUSAGE', `${home.dir} keeps its stripes in local directories: it has nothing to serve`)
     await service?.start()
     if (mountpoint) {

@@ -32,8 +32,7 @@ export interface ServiceOptions {
   // Accept connections from any key (a recovering owner looking for its partners); requests still need an
   // agreement.
   acceptAll?: boolean
-  // Dial the partners: a node that stores its own data on them (a mount) does; a node that only gives
-  // space waits for its partners to come to it.
+  // Dial the partners (the daemons do; a service opened only to add or list agreements does not).
   dial?: boolean
 }
 
