@@ -21,51 +21,15 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
+import { MiB, makePool, fillBlock } from './bench-data.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
 const ROOT = path.join(path.dirname(SELF), '..')
 const BIN = path.join(ROOT, 'bin', 'coopfs.js')
-const MiB = 1024 * 1024
 const IO_BLOCK = MiB
-const POOL_BYTES = 64 * MiB
-const STAMP_EVERY = 4096
 
 const epochMs = () => performance.timeOrigin + performance.now()
-
-// ---------------------------------------------------------------- data generator (worker and verifier)
-
-function makePool () {
-  const pool = Buffer.allocUnsafe(POOL_BYTES)
-  const words = new Uint32Array(pool.buffer, pool.byteOffset, POOL_BYTES / 4)
-  let x = 0x9e3779b9
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13; x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5; x >>>= 0
-    words[i] = x
-  }
-  return pool
-}
-
-// The bytes of file `tag` at [pos, pos + len): pool bytes with a stamp (offset, tag) every 4 KiB.
-function fillBlock (pool, buf, pos, len, tag) {
-  let done = 0
-  while (done < len) {
-    const p = (pos + done) % POOL_BYTES
-    const n = Math.min(len - done, POOL_BYTES - p)
-    pool.copy(buf, done, p, p + n)
-    done += n
-  }
-  const firstStamp = Math.ceil(pos / STAMP_EVERY) * STAMP_EVERY
-  for (let s = firstStamp; s + 12 <= pos + len; s += STAMP_EVERY) {
-    const o = s - pos
-    buf.writeUInt32LE(s % 0x100000000, o)
-    buf.writeUInt32LE(Math.floor(s / 0x100000000), o + 4)
-    buf.writeUInt32LE(tag, o + 8)
-  }
-  return buf
-}
 
 // ---------------------------------------------------------------- worker side
 
