@@ -28,14 +28,14 @@
 // COOPFS_BENCH_NET_LOGS=DIR keeps a copy of every daemon log (the work folder itself is always removed).
 // Units: MB = 10^6 bytes, MiB = 2^20 bytes. Needs a built dist/ (`npm run build`).
 import { execFileSync, spawn } from 'node:child_process'
-import dgram from 'node:dgram'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock } from './bench-data.js'
+import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks } from './bench-common.js'
 import * as config from '../dist/config.js'
+import { freeUdpPort } from '../dist/net/node.js'
 
 const SELF = fileURLToPath(import.meta.url)
 const ROOT = path.join(path.dirname(SELF), '..')
@@ -210,16 +210,6 @@ async function status (home) {
   return JSON.parse((await cli(['status', '--home', home, '--json'])).stdout)
 }
 
-function freeUdpPort () {
-  return new Promise((resolve, reject) => {
-    const sock = dgram.createSocket('udp4')
-    sock.once('error', reject)
-    sock.bind(0, HOST, () => {
-      const port = sock.address().port
-      sock.close(() => resolve(port))
-    })
-  })
-}
 
 function isMounted (mnt) {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
@@ -314,15 +304,6 @@ async function dropFileCache (files) {
 
 // ---------------------------------------------------------------- memory and CPU of the processes watched
 
-function procStatus (pid) {
-  try {
-    const text = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
-    const kb = name => Number((new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text) ?? [])[1] ?? NaN)
-    return { rssMiB: kb('VmRSS') / 1024, hwmMiB: kb('VmHWM') / 1024 }
-  } catch {
-    return { rssMiB: NaN, hwmMiB: NaN }
-  }
-}
 
 let clkTck = 100
 try { clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100 } catch {}
@@ -343,26 +324,7 @@ function cpuSecs (pid) {
   return t.user + t.sys
 }
 
-// CPU ticks of every thread of pid (the main thread is the one whose id is the pid).
-function threadTicks (pid) {
-  const out = new Map()
-  let tids = []
-  try { tids = fs.readdirSync(`/proc/${pid}/task`) } catch { return out }
-  for (const tid of tids) {
-    try {
-      const s = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
-      const comm = s.slice(s.indexOf('(') + 1, s.lastIndexOf(')'))
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
-      out.set(tid, { comm, ticks: Number(f[11]) + Number(f[12]) })
-    } catch {}
-  }
-  return out
-}
 
-function sysTicks () {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-  return { idle: f[3] + (f[4] ?? 0), total: f.reduce((a, b) => a + b, 0) }
-}
 
 // Every watched process (name -> pid) is sampled every 100 ms: VmRSS, and VmHWM (the kernel's own peak,
 // reset at the start of each phase through /proc/PID/clear_refs when allowed), so short peaks between
@@ -587,7 +549,7 @@ async function doCleanup () {
 }
 
 async function startMatcher () {
-  const port = await freeUdpPort()
+  const port = await freeUdpPort(HOST)
   const matcher = spawn(process.execPath, [BIN, 'matcher', '--port', String(port), '--host', HOST, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
   state.matcher = matcher
   let err = ''

@@ -21,7 +21,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock } from './bench-data.js'
+import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks } from './bench-common.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -207,15 +207,6 @@ async function dropFileCache (files) {
 let clkTck = 100
 try { clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100 } catch {}
 
-function procStatus (pid) {
-  try {
-    const text = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
-    const kb = name => Number((new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text) ?? [])[1] ?? NaN)
-    return { rssMB: kb('VmRSS') / 1024, hwmMB: kb('VmHWM') / 1024 }
-  } catch {
-    return { rssMB: NaN, hwmMB: NaN }
-  }
-}
 
 // Resets VmHWM of the daemon (clear_refs "5"), so each phase gets its own peak. Needs the right to write
 // the file (same user, or root); without it the peak since the daemon started is reported.
@@ -228,27 +219,7 @@ function resetPeak (pid) {
   }
 }
 
-function threadTicks (pid) {
-  const out = new Map()
-  let tids = []
-  try { tids = fs.readdirSync(`/proc/${pid}/task`) } catch { return out }
-  for (const tid of tids) {
-    try {
-      const s = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
-      const comm = s.slice(s.indexOf('(') + 1, s.lastIndexOf(')'))
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
-      out.set(tid, { comm, ticks: Number(f[11]) + Number(f[12]) })
-    } catch {}
-  }
-  return out
-}
 
-function sysTicks () {
-  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-  const idle = f[3] + (f[4] ?? 0)
-  const total = f.reduce((a, b) => a + b, 0)
-  return { idle, total }
-}
 
 // Runs fn while watching the daemon: per-phase peak RSS (VmHWM after a reset, and VmRSS sampled every
 // 100 ms), daemon CPU per thread (main thread = the thread whose id is the pid) and machine-wide CPU.
@@ -258,7 +229,7 @@ async function watched (pid, fn) {
   const sys0 = sysTicks()
   const t0 = performance.now()
   let maxRss = 0
-  const timer = pid ? setInterval(() => { maxRss = Math.max(maxRss, procStatus(pid).rssMB || 0) }, 100) : null
+  const timer = pid ? setInterval(() => { maxRss = Math.max(maxRss, procStatus(pid).rssMiB || 0) }, 100) : null
   let result
   try {
     result = await fn()
@@ -266,8 +237,8 @@ async function watched (pid, fn) {
     if (timer) clearInterval(timer)
   }
   const secs = (performance.now() - t0) / 1000
-  const st = pid ? procStatus(pid) : { rssMB: NaN, hwmMB: NaN }
-  maxRss = Math.max(maxRss, st.rssMB || 0)
+  const st = pid ? procStatus(pid) : { rssMiB: NaN, hwmMiB: NaN }
+  maxRss = Math.max(maxRss, st.rssMiB || 0)
   const th1 = pid ? threadTicks(pid) : new Map()
   const other = []
   let main = 0
@@ -290,7 +261,7 @@ async function watched (pid, fn) {
   return {
     result,
     secs,
-    rss: { peakMB: reset ? st.hwmMB : NaN, sampledMaxMB: maxRss, sinceStartMB: reset ? NaN : st.hwmMB, nowMB: st.rssMB },
+    rss: { peakMB: reset ? st.hwmMiB : NaN, sampledMaxMB: maxRss, sinceStartMB: reset ? NaN : st.hwmMiB, nowMB: st.rssMiB },
     cpu: { daemon: pct(all), main: pct(main), others, machine }
   }
 }
@@ -425,7 +396,7 @@ async function main () {
   const partnerFiles = conf.partners.map(p => path.join(p.path, 'slots.dat'))
   say(`init: k=${conf.k} m=${conf.m}, ${slots} slots (${(slots * conf.k * conf.blockSize / 2 ** 30).toFixed(1)} GiB logical), partner areas are sparse files`)
   let pid = await mount()
-  say(`mounted ${state.mnt}, daemon pid ${pid}, RSS ${f0(procStatus(pid).rssMB)} MiB`)
+  say(`mounted ${state.mnt}, daemon pid ${pid}, RSS ${f0(procStatus(pid).rssMiB)} MiB`)
   const rssByPhase = []
   const rssOf = (name, w) => rssByPhase.push([name, w.rss])
 
@@ -528,7 +499,7 @@ async function main () {
     say('       and of the local baseline files dropped (per file, posix_fadvise DONTNEED)')
     const um = await unmount()
     pid = await mount()
-    say(`   unmount took ${f1(um)} s (final sync), remounted: daemon pid ${pid}, RSS ${f0(procStatus(pid).rssMB)} MiB`)
+    say(`   unmount took ${f1(um)} s (final sync), remounted: daemon pid ${pid}, RSS ${f0(procStatus(pid).rssMiB)} MiB`)
     const localSmallFiles = Array.from({ length: CFG.files }, (_, i) => path.join(localSmall, 'f' + i))
     const rc = await readPair('cold read                  ', true, () => dropFileCache(partnerFiles))
     rssOf('cold read (after remount)', rc.w)
@@ -564,7 +535,7 @@ async function main () {
     const cbRate = MB(bigBytes) / (wb.result.totalMs / 1000)
     say(`   coopfs  ${f1(cbRate)} MB/s  (${f1(wb.result.totalMs / 1000)} s, of which fsync ${f1(wb.result.fsyncMs / 1000)} s)   coopfs/local ${ratio(cbRate, lbRate)}`)
     say(cpuLine(wb))
-    say(rssLine(wb) + `   target <= ${TARGET.rssMB} MiB`)
+    say(rssLine(wb) + `   target <= ${TARGET.rssMiB} MiB`)
     rssOf(`write ${CFG.bigMb} MiB`, wb)
     const bs = await watched(pid, () => timedSync())
     const bsRate = MB(bigBytes) / ((bs.result.endEpoch - wb.result.startEpoch) / 1000)
@@ -607,7 +578,7 @@ async function main () {
   for (const [name, r] of rssByPhase) {
     const peak = Number.isFinite(r.peakMB) ? r.peakMB : r.sinceStartMB
     const isBig = name.startsWith('write ') && CFG.big
-    say(`  ${name.padEnd(memWidth)}  peak ${f0(peak).padStart(5)} MiB  sampled max ${f0(r.sampledMaxMB).padStart(5)} MiB${isBig ? `   target <= ${TARGET.rssMB} MiB (${ratio(peak, TARGET.rssMB)} of it)` : ''}`)
+    say(`  ${name.padEnd(memWidth)}  peak ${f0(peak).padStart(5)} MiB  sampled max ${f0(r.sampledMaxMB).padStart(5)} MiB${isBig ? `   target <= ${TARGET.rssMiB} MiB (${ratio(peak, TARGET.rssMiB)} of it)` : ''}`)
   }
   if (ecNative || ecJs) {
     say()

@@ -24,18 +24,22 @@ function fail (what: string): never {
   throw new Error(`malformed message: ${what}`)
 }
 
+// A length-prefixed field of at most max bytes, as a view into the frame; refused before anything is
+// allocated for a length over max or past the frame's end.
+function bytesField (state: State, max: number, what = 'field'): Buffer {
+  const len = c.uint.decode(state)
+  if (len > max) fail(what === 'text' ? 'text too long' : `field of ${len} bytes, at most ${max} allowed`)
+  if (state.end - state.start < len) fail(`truncated ${what}`)
+  const b = state.buffer!.subarray(state.start, state.start + len)
+  state.start += len
+  return b
+}
+
 function boundedBuffer (max: number): Encoding<Buffer> {
   return {
     preencode (state, v) { c.buffer.preencode(state, v) },
     encode (state, v) { c.buffer.encode(state, v) },
-    decode (state) {
-      const len = c.uint.decode(state)
-      if (len > max) fail(`field of ${len} bytes, at most ${max} allowed`)
-      if (state.end - state.start < len) fail('truncated field')
-      const b = state.buffer!.subarray(state.start, state.start + len)
-      state.start += len
-      return Buffer.from(b)
-    }
+    decode (state) { return Buffer.from(bytesField(state, max)) }
   }
 }
 
@@ -51,14 +55,7 @@ const topic: Encoding<Buffer> = {
 const text: Encoding<string> = {
   preencode (state, v) { c.string.preencode(state, v) },
   encode (state, v) { c.string.encode(state, v) },
-  decode (state) {
-    const len = c.uint.decode(state)
-    if (len > MAX_TEXT_BYTES) fail('text too long')
-    if (state.end - state.start < len) fail('truncated text')
-    const s = state.buffer!.subarray(state.start, state.start + len).toString('utf8')
-    state.start += len
-    return s
-  }
+  decode (state) { return bytesField(state, MAX_TEXT_BYTES, 'text').toString('utf8') }
 }
 
 const slotNumber: Encoding<number> = {
