@@ -2,6 +2,7 @@
 // and a per-file tag, so no block is zero (zero blocks are stored as holes), no chunk repeats (chunks are
 // deduplicated) and every byte read back can be checked) and the readings of /proc.
 import fs from 'node:fs'
+import { execFileSync } from 'node:child_process'
 
 export const MiB = 1024 * 1024
 export const POOL_BYTES = 64 * MiB
@@ -70,4 +71,40 @@ export function threadTicks (pid) {
 export function sysTicks () {
   const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
   return { idle: f[3] + (f[4] ?? 0), total: f.reduce((a, b) => a + b, 0) }
+}
+
+// Writes dirty pages of the files, then asks the kernel to drop their cached pages (fdatasync, then
+// posix_fadvise DONTNEED over the whole file), so the next read comes from the disk. Per file: the rest of
+// this shared machine keeps its page cache. Python does it for many files in one process; GNU dd
+// (iflag=nocache count=0 is the same advice) is the fallback.
+export const DROP_PY = [
+  'import os, sys',
+  'for f in sys.stdin.read().split("\\0"):',
+  '    if not f: continue',
+  '    fd = os.open(f, os.O_RDONLY)',
+  '    os.fdatasync(fd)',
+  '    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)',
+  '    os.close(fd)'
+].join('\n')
+
+// Clock ticks per second, for the CPU figures of /proc.
+export const clkTck = clockTicks()
+
+function clockTicks () {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100
+  } catch {
+    return 100
+  }
+}
+
+// Resets VmHWM of the daemon (clear_refs "5"), so each phase gets its own peak. Needs the right to write
+// the file (same user, or root); without it the peak since the daemon started is reported.
+export function resetPeak (pid) {
+  try {
+    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
+    return true
+  } catch {
+    return false
+  }
 }

@@ -27,13 +27,13 @@
 // Knobs: COOPFS_BENCH_NET_MB (1024), COOPFS_BENCH_NET_LIMIT_S (time limit, default 900 + 1.5 s per MiB),
 // COOPFS_BENCH_NET_LOGS=DIR keeps a copy of every daemon log (the work folder itself is always removed).
 // Units: MB = 10^6 bytes, MiB = 2^20 bytes. Needs a built dist/ (`npm run build`).
-import { execFileSync, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks } from './bench-common.js'
+import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import * as config from '../dist/config.js'
 import { freeUdpPort } from '../dist/net/node.js'
 
@@ -279,18 +279,6 @@ async function onlineTimeline (home, n, t0, ms) {
   return seen
 }
 
-// Writes dirty pages of the files, then asks the kernel to drop their cached pages (fdatasync, then
-// posix_fadvise DONTNEED), so the next read comes from the disk - per file, as scripts/bench.js does.
-const DROP_PY = [
-  'import os, sys',
-  'for f in sys.stdin.read().split("\\0"):',
-  '    if not f: continue',
-  '    fd = os.open(f, os.O_RDONLY)',
-  '    os.fdatasync(fd)',
-  '    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)',
-  '    os.close(fd)'
-].join('\n')
-
 async function dropFileCache (files) {
   files = files.filter(f => fs.existsSync(f))
   if (!files.length) return
@@ -305,8 +293,6 @@ async function dropFileCache (files) {
 // ---------------------------------------------------------------- memory and CPU of the processes watched
 
 
-let clkTck = 100
-try { clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100 } catch {}
 
 // CPU seconds of pid, user and system (kernel) time.
 function cpuTimes (pid) {
@@ -349,14 +335,6 @@ function trackHome (name, home) {
   watch.pending.set(name, home)
 }
 
-function resetPeak (pid) {
-  try {
-    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
-    return true
-  } catch {
-    return false
-  }
-}
 
 function sampleOne (p, threads = true) {
   const st = procStatus(p.pid)

@@ -15,13 +15,13 @@
 //
 // Other knobs: COOPFS_BENCH_BIG_MB (4096), COOPFS_BENCH_FILE_KB (4), COOPFS_BENCH_COLD=0 skips the remount.
 // Units: MB = 10^6 bytes, MiB = 2^20 bytes. Run `npm run build` first (`npm run bench` does).
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks } from './bench-common.js'
+import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -181,20 +181,6 @@ function fusermountPath () {
   return path.join(ROOT, 'node_modules', 'fuse-shared-library-linux', 'libfuse', 'bin') + ':' + (process.env.PATH ?? '')
 }
 
-// Writes dirty pages of the files, then asks the kernel to drop their cached pages (fdatasync, then
-// posix_fadvise DONTNEED over the whole file), so the next read comes from the disk. Per file: the rest of
-// this shared machine keeps its page cache. Python does it for many files in one process; GNU dd
-// (iflag=nocache count=0 is the same advice) is the fallback.
-const DROP_PY = [
-  'import os, sys',
-  'for f in sys.stdin.read().split("\\0"):',
-  '    if not f: continue',
-  '    fd = os.open(f, os.O_RDONLY)',
-  '    os.fdatasync(fd)',
-  '    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)',
-  '    os.close(fd)'
-].join('\n')
-
 async function dropFileCache (files) {
   const r = await run('python3', ['-c', DROP_PY], { input: files.join('\0') + '\0' })
   if (r.code === 0) return
@@ -204,20 +190,8 @@ async function dropFileCache (files) {
   }
 }
 
-let clkTck = 100
-try { clkTck = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100 } catch {}
 
 
-// Resets VmHWM of the daemon (clear_refs "5"), so each phase gets its own peak. Needs the right to write
-// the file (same user, or root); without it the peak since the daemon started is reported.
-function resetPeak (pid) {
-  try {
-    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
-    return true
-  } catch {
-    return false
-  }
-}
 
 
 
