@@ -94,6 +94,20 @@ export async function unmountQuietly (mnt: string): Promise<void> {
   if (r.code !== 0) await run('fusermount', ['-uz', mnt], { env: { PATH: fusermountPath() } })
 }
 
+export function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+// Polls cond every stepMs until it holds (true) or ms have passed (false).
+export async function until (cond: () => boolean, ms: number, stepMs = 20): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > deadline) return false
+    await sleep(stepMs)
+  }
+  return true
+}
+
 // Whether pid still runs: gone or a zombie (exited, not yet reaped) counts as stopped.
 export function running (pid: number): boolean {
   try {

@@ -16,6 +16,7 @@ import { readAgreements } from '../src/serve/agreements.js'
 import { PartnerService, SLOT_BYTES } from '../src/serve/service.js'
 import type { Peer } from '../src/net/peer.js'
 import { freeUdpPort } from '../src/net/node.js'
+import { sleep, until } from './helpers.js'
 
 const HOST = '127.0.0.1'
 // Per request; generous for a slow machine, far below the test timeout.
@@ -23,19 +24,6 @@ const T = 8000
 
 interface Teardown {
   teardown: (fn: () => unknown, opts?: { order?: number }) => void
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms))
-}
-
-async function until (cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > deadline) return false
-    await sleep(20)
-  }
-  return true
 }
 
 // 'ok', or the code of the error p rejected with.

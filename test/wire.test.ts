@@ -13,6 +13,7 @@ import {
   MAX_BLOCK_BYTES, MAX_MASTER_BYTES, MAX_SLOT, MAX_TEXT_BYTES, MESSAGES, MESSAGE_NAMES, PROTOCOL, PROTOCOL_VERSION,
   REPLY, REPLY_CODE_NAMES, decode, encode, hello, type MessageName
 } from '../src/net/wire.js'
+import { sleep, until } from './helpers.js'
 
 // ---- the layout, as docs/PROTOCOL.md states it ----
 
@@ -463,14 +464,10 @@ async function network (t: Teardown, serverHandlers: Handlers, clientCount: numb
     const peer = new Peer(socket, to.keyPair.publicKey, handlers())
     if (!await peer.opened) throw new Error('the connection did not open')
     const found = (): Peer | undefined => inbound.slice(before).find(q => q.hex === from.hex)
-    if (!await until(() => found() !== undefined, 5000)) throw new Error('the server did not see the connection open')
+    if (!await until(() => found() !== undefined, 5000, 5)) throw new Error('the server did not see the connection open')
     return { peer, socket, remote: found()! }
   }
   return { server: to, clients, strangers, asked, inbound, connect, dial }
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms))
 }
 
 // Resolves true once peer closes, false if it is still open after ms.
@@ -508,15 +505,6 @@ async function outcome (p: Promise<unknown>): Promise<string> {
   } catch (err) {
     return err instanceof CoopError ? err.code : `not a CoopError: ${String(err)}`
   }
-}
-
-async function until (cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > deadline) return false
-    await sleep(5)
-  }
-  return true
 }
 
 // A gate that requests wait at until it is opened.
@@ -633,7 +621,7 @@ test('the firewall turns away a key the server has no business with', async t =>
   const socket = net.connect(stranger)
   let opened = false
   socket.on('open', () => { opened = true })
-  t.ok(await until(() => net.asked.some(x => x.hex === stranger.hex), T), 'the server was asked about the stranger\'s key')
+  t.ok(await until(() => net.asked.some(x => x.hex === stranger.hex), T, 5), 'the server was asked about the stranger\'s key')
   t.absent(net.asked.find(x => x.hex === stranger.hex)?.allowed, 'and refused it')
   await sleep(300)
   t.absent(opened, 'the handshake never completed')
@@ -672,7 +660,7 @@ test('a hello with another version, or a malformed one, closes the connection', 
   const socket = net.connect(a)
   await new Promise(resolve => socket.once('open', resolve))
   socket.write(openFrame(Buffer.from([1, 0])))
-  t.ok(await until(() => net.inbound.some(p => p.hex === a.hex && !p.closed), 3000), 'a hand-written good hello opens')
+  t.ok(await until(() => net.inbound.some(p => p.hex === a.hex && !p.closed), 3000, 5), 'a hand-written good hello opens')
   t.is(net.inbound.filter(p => p.hex === a.hex).length, 1, 'and only that one opened')
 })
 
@@ -807,7 +795,7 @@ test('at most 32 requests are outstanding per connection; the rest wait their tu
   t.teardown(() => g.open())
   const { peer } = await net.dial(net.clients[0])
   const all = Promise.all(Array.from({ length: 40 }, () => outcome(peer.ping(T))))
-  t.ok(await until(() => entered === 32, 3000), '32 reach the server')
+  t.ok(await until(() => entered === 32, 3000, 5), '32 reach the server')
   await sleep(150)
   t.is(entered, 32, 'and no more while they are outstanding')
   g.open()
@@ -834,13 +822,13 @@ test('more than 64 requests at once get busy answers, not more work', async t =>
     // 64 pings written straight onto the connection (a Peer itself keeps at most 32 outstanding), with ids
     // the Peer never uses; their late answers are ignored.
     for (let i = 0; i < 64; i++) socket.write(frame(1, 7, varint(1_000_000 * round + i)))
-    t.ok(await until(() => entered === base + 64, 3000), `round ${round}: 64 requests being served`)
+    t.ok(await until(() => entered === base + 64, 3000, 5), `round ${round}: 64 requests being served`)
     const err = await peer.ping(T).catch(e => e as CoopError)
     t.ok(err instanceof CoopError && err.code === 'EBUSY', `round ${round}: the 65th is answered busy (${String(err)})`)
     t.is(entered, base + 64, `round ${round}: and never reached the handler`)
     t.absent(peer.closed, 'the connection stays open')
     g.open()
-    t.ok(await until(() => finished === base + 64, 3000), `round ${round}: the 64 finish`)
+    t.ok(await until(() => finished === base + 64, 3000, 5), `round ${round}: the 64 finish`)
     t.is(await outcome(peer.ping(T)), 'ok', `round ${round}: with the server free again, a request is served`)
     t.is(entered, base + 65)
     g = gate()
