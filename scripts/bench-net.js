@@ -761,7 +761,7 @@ async function main () {
   const tr = await topR
   if (tr) say(`      top, 3 s after the cold read started (this run: ${pidLegend()}; the reader is a node worker):\n${tr}`)
   const st2 = await status(home2)
-  say(`   recovered home status: partnersOnline ${st2.partnersOnline}, damage ${st2.damage?.count ?? '-'}, lastError ${st2.lastError ?? 'none'}`)
+  say(`   recovered home status: partnersOnline ${st2.partnersOnline}, damage ${st2.damage?.count ?? '-'}, lastError ${st2.lastError ?? 'none'}; disk cache ${(st2.diskCache.bytes / MiB).toFixed(0)} MiB (of the ${CFG.mb} MiB read)`)
 
   // ---- the partners' peaks over the whole run (VmHWM is read before they stop)
   sampleAll()

@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream'
 import HyperDHT from 'hyperdht'
 import Protomux from 'protomux'
 import { CoopError } from '../src/errors.js'
-import { NetNode, freeUdpPort } from '../src/net/node.js'
+import { NetNode, freeUdpPort, isLoopback } from '../src/net/node.js'
 import { Peer, REPLY_FOR_CODE, type Handlers } from '../src/net/peer.js'
 import {
   MAX_BLOCK_BYTES, MAX_MASTER_BYTES, MAX_SLOT, MAX_TEXT_BYTES, MESSAGES, MESSAGE_NAMES, PROTOCOL, PROTOCOL_VERSION,
@@ -832,5 +832,45 @@ test('more than 64 requests at once get busy answers, not more work', async t =>
     t.is(await outcome(peer.ping(T)), 'ok', `round ${round}: with the server free again, a request is served`)
     t.is(entered, base + 65)
     g = gate()
+  }
+})
+
+test('a node started a moment ago reaches a partner with its first dial (loopback nodes count as reachable)', async t => {
+  t.ok(isLoopback('127.0.0.1') && isLoopback('127.3.2.1') && isLoopback('::1'), 'loopback addresses are told apart')
+  t.absent(isLoopback('10.0.0.1') || isLoopback('0.0.0.0') || isLoopback(undefined) || isLoopback('127.0.0.1.example'), 'other addresses are not')
+  const port = await freeUdpPort(HOST)
+  const boot = HyperDHT.bootstrapper(port, HOST, { host: HOST })
+  await boot.ready()
+  const bootstrap = [`${HOST}:${port}`]
+  // The partner has run for a long time: its DHT knows it is reachable (firewalled: false stands for the
+  // check a long-running node has passed).
+  const serverKeys = HyperDHT.keyPair() as { publicKey: Buffer, secretKey: Buffer }
+  const serverDht = new HyperDHT({ bootstrap, host: HOST, keyPair: serverKeys, ephemeral: true, firewalled: false })
+  const server = serverDht.createServer((socket: any) => {
+    socket.on('error', () => {})
+    const p = new Peer(socket, socket.remotePublicKey, handlers())
+    p.opened.catch(() => {})
+  })
+  await server.listen(serverKeys)
+  const clients: NetNode[] = []
+  t.teardown(async () => {
+    await Promise.all(clients.map(c => c.destroy()))
+    await server.close().catch(() => {})
+    await serverDht.destroy({ force: true })
+    await boot.destroy()
+  })
+  const hex = serverKeys.publicKey.toString('hex')
+  for (let i = 0; i < 3; i++) {
+    // Each client's DHT has only just started, as a recovered machine's has: its first dial must carry the
+    // coopfs channel, not report open and then carry nothing. (The slow path this guards against showed with
+    // partners that had run for minutes, in scripts/bench-net.js; this setup passes with or without the
+    // loopback setting, so it checks the first-dial behaviour, not the cause.)
+    const client = new NetNode({ keyPair: HyperDHT.keyPair(), bootstrap, host: HOST, handlers: handlers(), allow: () => false })
+    clients.push(client)
+    await client.dht.ready()
+    client.connectTo(serverKeys.publicKey)
+    const peer = await client.waitPeer(hex, 8000)
+    t.ok(peer, `client ${i}: connected`)
+    t.is(client.dials, 1, `client ${i}: on its first dial`)
   }
 })

@@ -82,6 +82,8 @@ export class Filesystem {
   private readonly pending = new Map<number, PendingWrite>()
   // Where the last read of each file ended, to tell sequential reads.
   private readonly lastReadEnd = new Map<number, number>()
+  // Per open inode: the chunk index read-ahead has asked for up to (exclusive).
+  private readonly readAheadEnd = new Map<number, number>()
   private readonly locks = new Map<number, { lock: Lock, users: number }>()
   private readonly paths = new Map<string, number>()
   // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
@@ -621,6 +623,7 @@ export class Filesystem {
     }
     this.openCount.delete(h.ino)
     this.lastReadEnd.delete(h.ino)
+    this.readAheadEnd.delete(h.ino)
     await this.dropWriteback(h.ino)
     if (this.isOpen(h.ino)) return
     const inode = this.meta.getInode(h.ino)
@@ -665,6 +668,10 @@ export class Filesystem {
   // overlaps partner reads instead of waiting on one at a time.
   private readAhead (ino: number, from: number, size: number): void {
     const end = Math.min(from + READAHEAD_CHUNKS, Math.ceil(size / this.chunkSize))
+    // Chunks an earlier call already asked for are not looked up again.
+    const issued = this.readAheadEnd.get(ino) ?? 0
+    if (issued > from && issued <= end) from = issued
+    this.readAheadEnd.set(ino, end)
     for (let blk = from; blk < end; blk++) {
       if (this.isDirtyBlock(ino, blk)) continue
       const chunk = this.meta.getExtent(ino, blk)

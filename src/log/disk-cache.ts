@@ -5,12 +5,16 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 
+// Blocks being written at once; beyond this a fetched block is not cached (its reader never waits for it).
+const MAX_PENDING_WRITES = 16
+
 export class DiskCache {
   private readonly dir: string
   private readonly maxBytes: number
   // Insertion order is recency order: a hit moves its key to the end.
   private readonly entries = new Map<string, number>()
   private bytes = 0
+  private readonly writing = new Set<string>()
 
   constructor (dir: string, maxBytes: number) {
     this.dir = dir
@@ -59,17 +63,22 @@ export class DiskCache {
     }
   }
 
+  // Never throws: a block that cannot be written (full disk, too many writes already queued) is simply not
+  // cached.
   async put (key: string, data: Buffer): Promise<void> {
     if (this.maxBytes <= 0 || data.length > this.maxBytes || this.entries.has(key)) return
+    if (this.writing.has(key) || this.writing.size >= MAX_PENDING_WRITES) return
+    this.writing.add(key)
     const file = path.join(this.dir, key)
     const tmp = file + '.tmp'
     try {
       await fsp.writeFile(tmp, data, { mode: 0o600 })
       await fsp.rename(tmp, file)
     } catch {
-      // A full disk only costs the cache entry.
-      await fsp.rm(tmp, { force: true })
+      await fsp.rm(tmp, { force: true }).catch(() => {})
       return
+    } finally {
+      this.writing.delete(key)
     }
     this.entries.set(key, data.length)
     this.bytes += data.length

@@ -354,9 +354,10 @@ export class LogicalDisk {
       if (parts.length === hi - lo + 1) return parts.length === 1 ? parts[0] : Buffer.concat(parts)
     }
     const data = await this.partners.readData(slot, version, lo, hi)
+    // The copy on disk is written behind the read: the reader does not wait for it.
     if (dc) {
       for (let i = lo; i <= hi; i++) {
-        await dc.put(diskKey(slot, version, i), data.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize))
+        dc.put(diskKey(slot, version, i), data.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize))
       }
     }
     return data
