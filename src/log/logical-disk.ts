@@ -357,7 +357,7 @@ export class LogicalDisk {
     // The copy on disk is written behind the read: the reader does not wait for it.
     if (dc) {
       for (let i = lo; i <= hi; i++) {
-        dc.put(diskKey(slot, version, i), data.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize))
+        void dc.put(diskKey(slot, version, i), data.subarray((i - lo) * this.blockSize, (i - lo + 1) * this.blockSize))
       }
     }
     return data

@@ -101,10 +101,11 @@ export class NetNode extends EventEmitter {
     // after OPEN_TIMEOUT_MS and the next one works.
     // Reachability: a new node counts itself firewalled until the DHT has checked that others can reach it
     // (10-25 s here). Until then a server does not take its dials at once but waits for a first packet,
-    // which on loopback never came: the dial reported open and carried nothing, and a recovered node took up
-    // to 26 s to reach all its partners. A node bound to a loopback address is reachable by every node
-    // that can talk to it at all, so it says so from the start (recovery then finds and reaches six
-    // partners in under a second). Elsewhere the DHT's own check decides.
+    // which from partners that had run for minutes on loopback did not come: the dial reported open and
+    // carried nothing, and a recovered node took up to 26 s to reach all its partners. A node bound to a
+    // loopback address is reachable by every node that can talk to it at all, so it says so from the start
+    // (recovery then finds and reaches six partners in under a second). Elsewhere the DHT's own check
+    // decides.
     this.dht = new HyperDHT({
       bootstrap: opts.bootstrap,
       host: opts.host,
