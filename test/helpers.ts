@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { CoopError } from '../src/errors.js'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BIN = path.join(ROOT, 'bin', 'coopfs.js')
@@ -177,5 +178,15 @@ export function pread (file: string, len: number, pos: number): Buffer {
     return buf.subarray(0, fs.readSync(fd, buf, 0, len, pos))
   } finally {
     fs.closeSync(fd)
+  }
+}
+
+// 'ok', or the code of the error p rejected with.
+export async function outcome (p: Promise<unknown>): Promise<string> {
+  try {
+    await p
+    return 'ok'
+  } catch (err) {
+    return err instanceof CoopError ? err.code : `not a CoopError: ${String(err)}`
   }
 }

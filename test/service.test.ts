@@ -16,7 +16,7 @@ import { readAgreements } from '../src/serve/agreements.js'
 import { PartnerService, SLOT_BYTES } from '../src/serve/service.js'
 import type { Peer } from '../src/net/peer.js'
 import { freeUdpPort } from '../src/net/node.js'
-import { sleep, until } from './helpers.js'
+import { outcome, sleep, until } from './helpers.js'
 
 const HOST = '127.0.0.1'
 // Per request; generous for a slow machine, far below the test timeout.
@@ -24,16 +24,6 @@ const T = 8000
 
 interface Teardown {
   teardown: (fn: () => unknown, opts?: { order?: number }) => void
-}
-
-// 'ok', or the code of the error p rejected with.
-async function outcome (p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-    return 'ok'
-  } catch (err) {
-    return err instanceof CoopError ? err.code : `not a CoopError: ${String(err)}`
-  }
 }
 
 async function failure (p: Promise<unknown>): Promise<CoopError | null> {

@@ -13,7 +13,7 @@ import {
   MAX_BLOCK_BYTES, MAX_MASTER_BYTES, MAX_SLOT, MAX_TEXT_BYTES, MESSAGES, MESSAGE_NAMES, PROTOCOL, PROTOCOL_VERSION,
   REPLY, REPLY_CODE_NAMES, decode, encode, hello, type MessageName
 } from '../src/net/wire.js'
-import { sleep, until } from './helpers.js'
+import { outcome, sleep, until } from './helpers.js'
 
 // ---- the layout, as docs/PROTOCOL.md states it ----
 
@@ -495,16 +495,6 @@ function socketCloses (socket: Duplex, ms: number): Promise<boolean> {
       resolve(true)
     })
   })
-}
-
-// 'ok', or the code of the error p rejected with.
-async function outcome (p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-    return 'ok'
-  } catch (err) {
-    return err instanceof CoopError ? err.code : `not a CoopError: ${String(err)}`
-  }
 }
 
 // A gate that requests wait at until it is opened.
