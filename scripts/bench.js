@@ -21,7 +21,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
+import { MiB, makePool, fillBlock, writeGenerated, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -41,20 +41,7 @@ async function worker (job) {
   switch (job.op) {
     case 'write': {
       const startEpoch = epochMs()
-      const t0 = performance.now()
-      const fd = fs.openSync(job.file, 'w')
-      for (let pos = 0; pos < job.bytes; pos += IO_BLOCK) {
-        const n = Math.min(IO_BLOCK, job.bytes - pos)
-        fillBlock(pool, buf, pos, n, job.tag)
-        let w = 0
-        while (w < n) w += fs.writeSync(fd, buf, w, n - w, pos + w)
-      }
-      const t1 = performance.now()
-      fs.fsyncSync(fd)
-      const t2 = performance.now()
-      fs.closeSync(fd)
-      const t3 = performance.now()
-      out = { startEpoch, writeMs: t1 - t0, fsyncMs: t2 - t1, totalMs: t3 - t0 }
+      out = { startEpoch, ...writeGenerated(job.file, job.bytes, job.tag, pool, buf) }
       break
     }
     case 'read': {
