@@ -110,13 +110,7 @@ export async function until (cond: () => boolean, ms: number, stepMs = 20): Prom
 }
 
 // Whether pid still runs: gone or a zombie (exited, not yet reaped) counts as stopped.
-export function running (pid: number): boolean {
-  try {
-    return !/^\d+ \(.*\) [ZX]/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))
-  } catch {
-    return false
-  }
-}
+export { isRunning as running } from '../src/home.js'
 
 export function isMounted (mnt: string): boolean {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')

@@ -5,6 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { ROOT, cli, status, tmpdir, unmountQuietly } from './helpers.js'
 import { freeUdpPort } from '../src/net/node.js'
+import type { Handlers } from '../src/net/peer.js'
 
 const BIN = path.join(ROOT, 'bin', 'coopfs.js')
 export const HOST = '127.0.0.1'
@@ -129,4 +130,19 @@ export function grepTree (dir: string, needle: Buffer): string[] {
   }
   walk(dir)
   return hits
+}
+
+// Protocol handlers that serve nothing (every request answered as if empty, every proposal rejected), with
+// the ones a test needs put over them.
+export function handlers (over: Partial<Handlers> = {}): Handlers {
+  return {
+    propose: async () => ({ reason: 'not in this test' }),
+    writeBlock: async () => {},
+    readBlock: async () => null,
+    getMaster: async () => null,
+    putMaster: async () => {},
+    ping: async () => {},
+    restored: async () => {},
+    ...over
+  }
 }

@@ -8,9 +8,8 @@ import os from 'node:os'
 import path from 'node:path'
 import HyperDHT from 'hyperdht'
 import { cli, running, sh, status, unmount, unmountQuietly } from './helpers.js'
-import { HOST, addPartner, initNode, killNode, partnerOf, serve, startNet, waitFor, waitOnline } from './net-helpers.js'
+import { HOST, addPartner, handlers, initNode, killNode, partnerOf, serve, startNet, waitFor, waitOnline } from './net-helpers.js'
 import { NetNode } from '../src/net/node.js'
-import type { Handlers } from '../src/net/peer.js'
 
 test('a key with no agreement gets nothing', { timeout: 300_000 }, async t => {
   const net = await startNet(t)
@@ -19,15 +18,7 @@ test('a key with no agreement gets nothing', { timeout: 300_000 }, async t => {
   await addPartner(partner, owner, 64)
   await serve(partner)
 
-  const refuse: Handlers = {
-    propose: async () => ({ reason: 'no' }),
-    writeBlock: async () => {},
-    readBlock: async () => null,
-    getMaster: async () => null,
-    putMaster: async () => {},
-    ping: async () => {},
-    restored: async () => {}
-  }
+  const refuse = handlers({ propose: async () => ({ reason: 'no' }) })
   const stranger = new NetNode({ keyPair: HyperDHT.keyPair(), bootstrap: [net.bootstrap], host: HOST, handlers: refuse, allow: () => false })
   await stranger.start()
   t.teardown(() => stranger.destroy())

@@ -14,6 +14,7 @@ import {
   REPLY, REPLY_CODE_NAMES, decode, encode, hello, type MessageName
 } from '../src/net/wire.js'
 import { outcome, sleep, until } from './helpers.js'
+import { handlers } from './net-helpers.js'
 
 // ---- the layout, as docs/PROTOCOL.md states it ----
 
@@ -395,19 +396,6 @@ interface Conn {
   socket: Duplex
   // The server's side of the same connection.
   remote: Peer
-}
-
-function handlers (over: Partial<Handlers> = {}): Handlers {
-  return {
-    propose: async () => ({ reason: 'not in this test' }),
-    writeBlock: async () => {},
-    readBlock: async () => null,
-    getMaster: async () => null,
-    putMaster: async () => {},
-    ping: async () => {},
-    restored: async () => {},
-    ...over
-  }
 }
 
 // A bootstrap node and a server on 127.0.0.1 (nothing leaves the machine), and clients the server lets in.
