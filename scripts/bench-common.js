@@ -59,6 +59,16 @@ export function writeGenerated (file, bytes, tag, pool, buf) {
   return { writeMs: t1 - t0, fsyncMs: t2 - t1, totalMs: performance.now() - t0 }
 }
 
+// The last frame of `top -b -n2` output (the first frame's CPU figures are averages since boot): its
+// summary lines and the first `rows` processes, indented for a report; null if it has no process table.
+export function lastTopFrame (stdout, rows) {
+  const frames = stdout.split(/^top - /m)
+  const last = frames[frames.length - 1].split('\n')
+  const head = last.findIndex(l => /^\s*PID\s/.test(l))
+  if (head < 0) return null
+  return ['top - ' + last[0], ...last.slice(1, 3), ...last.slice(head, head + rows)].map(l => '      | ' + l.trimEnd()).join('\n')
+}
+
 // Resident and peak resident memory of pid, in MiB (NaN once it is gone).
 export function procStatus (pid) {
   try {

@@ -33,7 +33,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, writeGenerated, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
+import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import * as config from '../dist/config.js'
 import { freeUdpPort } from '../dist/net/node.js'
 
@@ -412,12 +412,7 @@ async function topSnapshot (delayMs) {
   await new Promise(resolve => setTimeout(resolve, delayMs))
   if (state.cleaned) return null
   const r = await run('top', ['-b', '-n2', '-d1', '-w', '160'], { env: { COLUMNS: '160' } })
-  if (r.code !== 0) return null
-  const frames = r.stdout.split(/^top - /m)
-  const last = frames[frames.length - 1].split('\n')
-  const head = last.findIndex(l => /^\s*PID\s/.test(l))
-  if (head < 0) return null
-  return ['top - ' + last[0], ...last.slice(1, 3), ...last.slice(head, head + 11)].map(l => '      | ' + l.trimEnd()).join('\n')
+  return r.code === 0 ? lastTopFrame(r.stdout, 11) : null
 }
 
 // The processes of this run by pid, to tell them apart from others' load in a top snapshot.

@@ -21,7 +21,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, writeGenerated, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
+import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -250,12 +250,7 @@ function rssLine (w) {
 async function topSnapshot (delayMs) {
   await new Promise(resolve => setTimeout(resolve, delayMs))
   const r = await run('top', ['-b', '-n2', '-d1', '-w', '160'], { env: { COLUMNS: '160' } })
-  if (r.code !== 0) return null
-  const frames = r.stdout.split(/^top - /m)
-  const last = frames[frames.length - 1].split('\n')
-  const head = last.findIndex(l => /^\s*PID\s/.test(l))
-  if (head < 0) return null
-  return ['top - ' + last[0], ...last.slice(1, 3), ...last.slice(head, head + 9)].map(l => '      | ' + l.trimEnd()).join('\n')
+  return r.code === 0 ? lastTopFrame(r.stdout, 9) : null
 }
 
 // ---------------------------------------------------------------- the benchmark
