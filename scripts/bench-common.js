@@ -69,6 +69,15 @@ export function lastTopFrame (stdout, rows) {
   return ['top - ' + last[0], ...last.slice(1, 3), ...last.slice(head, head + rows)].map(l => '      | ' + l.trimEnd()).join('\n')
 }
 
+// A whole number from the environment, or fallback when the variable is unset or empty.
+export function envInt (name, fallback) {
+  const v = process.env[name]
+  if (v === undefined || v === '') return fallback
+  const n = Number(v)
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a whole number`)
+  return n
+}
+
 // Resident and peak resident memory of pid, in MiB (NaN once it is gone).
 export function procStatus (pid) {
   try {

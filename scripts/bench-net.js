@@ -33,7 +33,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
+import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, envInt, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import * as config from '../dist/config.js'
 import { freeUdpPort } from '../dist/net/node.js'
 
@@ -135,14 +135,6 @@ async function worker (job) {
 }
 
 // ---------------------------------------------------------------- helpers for the main side
-
-function envInt (name, fallback) {
-  const v = process.env[name]
-  if (v === undefined || v === '') return fallback
-  const n = Number(v)
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a whole number`)
-  return n
-}
 
 function say (line = '') {
   process.stdout.write(line + '\n')

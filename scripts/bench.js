@@ -21,7 +21,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
+import { MiB, makePool, fillBlock, writeGenerated, lastTopFrame, envInt, procStatus, threadTicks, sysTicks, DROP_PY, clkTck, resetPeak } from './bench-common.js'
 import { BLOCK_SIZE_BYTES, DEFAULT_K, DEFAULT_M, RESERVED_FRACTION } from '../dist/config.js'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -116,14 +116,6 @@ async function worker (job) {
 }
 
 // ---------------------------------------------------------------- helpers for the main side
-
-function envInt (name, fallback) {
-  const v = process.env[name]
-  if (v === undefined || v === '') return fallback
-  const n = Number(v)
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a whole number`)
-  return n
-}
 
 const children = new Set()
 
