@@ -2,6 +2,7 @@
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
+import Database from 'better-sqlite3'
 import { cli, init, mount, unmount, status, isMounted, running, tmpdir } from './helpers.js'
 
 const oneLine = (s: string): boolean => s.trim().split('\n').length === 1 && !/\n\s+at /.test(s)
@@ -96,15 +97,31 @@ test('unmount of a folder that is not a coopfs mount is an error', async t => {
 
 test('once stored at the partners, closed files leave nothing in the local write-back store', async t => {
   const s = await init(t)
-  await mount(s)
+  // Nothing is packed before the sync: files count as still being written for ten minutes.
+  const m = await cli(['mount', s.mnt, '--home', s.home], { COOPFS_PACK_IDLE_MS: '600000' })
+  t.is(m.code, 0, m.stderr)
+  // Big files wait in files of their own, small ones inline in the metadata store.
   for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `f${i}`), Buffer.alloc(200_000, i + 1))
+  for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `s${i}`), Buffer.alloc(3000, i + 1))
   const wbDir = path.join(s.home, 'writeback')
-  t.ok(fs.readdirSync(wbDir).length > 0, 'written data waits in the write-back store')
+  const files = (): string[] => fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n))
+  const inlineRows = (): number => {
+    const db = new Database(path.join(s.home, 'meta.db'), { readonly: true })
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n
+    } finally {
+      db.close()
+    }
+  }
+  t.is(files().length, 20, 'each big file waits in a file of its own')
+  t.is(inlineRows(), 20, 'closed small files wait inline in the metadata store')
   const r = await cli(['sync', '--home', s.home])
   t.is(r.code, 0, r.stderr)
-  t.is(fs.readdirSync(wbDir).length, 0, 'write-back store is empty')
+  t.is(files().length, 0, 'no file is left in the write-back store')
+  t.is(inlineRows(), 0, 'no inline data is left')
   const st = await status(s.home)
   t.is(st.bytesPending, 0)
   for (let i = 0; i < 20; i++) t.ok(fs.readFileSync(path.join(s.mnt, `f${i}`)).equals(Buffer.alloc(200_000, i + 1)))
+  for (let i = 0; i < 20; i++) t.ok(fs.readFileSync(path.join(s.mnt, `s${i}`)).equals(Buffer.alloc(3000, i + 1)))
   await unmount(s.mnt)
 })

@@ -2,13 +2,17 @@
 // while the store is over its byte bound.
 import test from 'brittle'
 import fs from 'node:fs'
-import { WriteBack } from '../src/fs/writeback.js'
+import path from 'node:path'
+import { WriteBack, INLINE_MAX_BYTES } from '../src/fs/writeback.js'
+import { MetaStore } from '../src/fs/meta-store.js'
 import { tmpdir } from './helpers.js'
 
 test('data reads back at its offsets and what was never written reads as zeros', async t => {
   const dir = tmpdir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const wb = new WriteBack(dir, 1 << 20)
+  const meta = new MetaStore(path.join(dir, 'meta.db'))
+  t.teardown(() => meta.close())
+  const wb = new WriteBack(path.join(dir, 'wb'), 1 << 20, meta)
   await wb.write(7, Buffer.from('hello'), 1000)
   const out = await wb.read(7, 995, 12)
   t.alike(out, Buffer.concat([Buffer.alloc(5), Buffer.from('hello'), Buffer.alloc(2)]))
@@ -20,7 +24,9 @@ test('data reads back at its offsets and what was never written reads as zeros',
 test('writers wait while the store is over its bound and go on once the packer frees room', async t => {
   const dir = tmpdir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const wb = new WriteBack(dir, 1000)
+  const meta = new MetaStore(path.join(dir, 'meta.db'))
+  t.teardown(() => meta.close())
+  const wb = new WriteBack(path.join(dir, 'wb'), 1000, meta)
   wb.adjust(1500)
   t.ok(wb.full())
   let released = false
@@ -37,11 +43,82 @@ test('writers wait while the store is over its bound and go on once the packer f
 test('more files than the open-file limit keep their data and can be synced', async t => {
   const dir = tmpdir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const wb = new WriteBack(dir, 1 << 30)
-  for (let ino = 1; ino <= 300; ino++) await wb.write(ino, Buffer.from(`file ${ino}`), 0)
+  const meta = new MetaStore(path.join(dir, 'meta.db'))
+  t.teardown(() => meta.close())
+  const wb = new WriteBack(path.join(dir, 'wb'), 1 << 30, meta)
+  // Written past the inline limit, so each inode gets a file.
+  const at = INLINE_MAX_BYTES
+  for (let ino = 1; ino <= 300; ino++) await wb.write(ino, Buffer.from(`file ${ino}`), at)
+  t.is(fs.readdirSync(path.join(dir, 'wb')).length, 300)
   for (const ino of [1, 150, 300]) {
     await wb.sync(ino)
-    t.is((await wb.read(ino, 0, `file ${ino}`.length)).toString(), `file ${ino}`)
+    t.is((await wb.read(ino, at, `file ${ino}`.length)).toString(), `file ${ino}`)
   }
+  await wb.close()
+})
+
+test('small files stay inline: stored with the next metadata transaction, never in a file of their own', async t => {
+  const dir = tmpdir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'meta.db')
+  const wbDir = path.join(dir, 'wb')
+  let meta = new MetaStore(file)
+  let wb = new WriteBack(wbDir, 1 << 20, meta)
+  wb.write(5, Buffer.from('small file'), 0)
+  wb.write(6, Buffer.from('not yet stored'), 0)
+  t.is((await wb.read(5, 0, 10)).toString(), 'small file', 'reads back before it is stored')
+  meta.tx(() => meta.kvSet('x', 1))
+  wb.write(6, Buffer.from('NOT'), 0)
+  t.is(fs.readdirSync(wbDir).length, 0, 'no file was created')
+  // A process that dies now keeps what the transaction stored, not what came after it.
+  const copy = path.join(dir, 'copy.db')
+  meta.db.exec(`VACUUM INTO '${copy}'`)
+  const other = new MetaStore(copy)
+  const seen = new WriteBack(path.join(dir, 'wb2'), 1 << 20, other)
+  t.is((await seen.read(5, 0, 10)).toString(), 'small file')
+  t.is((await seen.read(6, 0, 14)).toString(), 'not yet stored')
+  t.alike(seen.inodes().sort(), [5, 6])
+  other.close()
+
+  // A transaction that fails stores nothing, and the data waits for the next one.
+  t.exception(() => meta.tx(() => { throw new Error('boom') }))
+  t.is((await wb.read(6, 0, 14)).toString(), 'NOT yet stored')
+  await wb.close()
+  meta.close()
+  meta = new MetaStore(file)
+  wb = new WriteBack(wbDir, 1 << 20, meta)
+  t.is((await wb.read(6, 0, 14)).toString(), 'NOT yet stored', 'close stored the rest')
+  await wb.close()
+  meta.close()
+})
+
+test('an inline file that grows past the limit moves to a file with its bytes; remove forgets both', async t => {
+  const dir = tmpdir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const meta = new MetaStore(path.join(dir, 'meta.db'))
+  t.teardown(() => meta.close())
+  const wbDir = path.join(dir, 'wb')
+  const wb = new WriteBack(wbDir, 1 << 20, meta)
+  wb.write(9, Buffer.from('head'), 0)
+  wb.save()
+  wb.write(9, Buffer.from('tail'), INLINE_MAX_BYTES + 100)
+  t.alike(fs.readdirSync(wbDir), ['9'])
+  t.is((await wb.read(9, 0, 4)).toString(), 'head')
+  t.is((await wb.read(9, INLINE_MAX_BYTES + 100, 4)).toString(), 'tail')
+  t.alike(await wb.read(9, 4, 8), Buffer.alloc(8), 'the gap reads as zeros')
+  wb.save()
+  const rows = (): number => (meta.db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n
+  t.is(rows(), 0, 'the inline row went')
+
+  wb.write(10, Buffer.from('gone soon'), 0)
+  wb.save()
+  t.is(rows(), 1)
+  await wb.remove(10)
+  await wb.remove(9)
+  t.alike(await wb.read(10, 0, 9), Buffer.alloc(9), 'a removed inode reads as zeros at once')
+  t.alike(wb.inodes(), [])
+  wb.save()
+  t.is(rows(), 0)
+  t.alike(fs.readdirSync(wbDir), [])
   await wb.close()
 })

@@ -125,7 +125,7 @@ export class Engine {
       // Blocks fetched over the network are kept on local disk too; local partners need no second copy.
       diskCache: this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES) : undefined
     })
-    this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? WRITEBACK_LIMIT_BYTES)
+    this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? WRITEBACK_LIMIT_BYTES, this.meta)
     this.fs = new Filesystem({
       meta: this.meta,
       disk: this.disk,

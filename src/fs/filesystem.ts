@@ -124,6 +124,7 @@ export class Filesystem {
       if (!inode || this.meta.dirtyCount(ino) === 0) await this.wb.remove(ino)
       else await this.wb.truncate(ino, inode.size)
     }
+    this.wb.save()
   }
 
   // ---- paths ----
@@ -696,11 +697,12 @@ export class Filesystem {
     if (avail < n) buf.fill(0, off + avail, off + n)
   }
 
-  // The full image of a stored block, zero padded to the chunk size.
-  private async storedBlock (ino: number, blk: number): Promise<Buffer> {
-    const out = Buffer.alloc(this.chunkSize)
+  // The stored bytes of file block blk as far as a file of the given size reaches (zeros where the chunk is
+  // shorter or absent). Bytes past the end of file need no image: the write-back store reads them as zeros.
+  private async storedBlock (ino: number, blk: number, size: number): Promise<Buffer> {
+    const out = Buffer.alloc(Math.max(0, Math.min(this.chunkSize, size - blk * this.chunkSize)))
     const chunk = this.meta.getExtent(ino, blk)
-    if (chunk) (await this.disk.readChunk(chunk)).copy(out)
+    if (chunk && out.length > 0) (await this.disk.readChunk(chunk)).copy(out)
     return out
   }
 
@@ -750,7 +752,7 @@ export class Filesystem {
       for (let blk = first; blk <= last; blk++) {
         const bStart = blk * CS
         const covered = pos <= bStart && end >= Math.min(bStart + CS, size)
-        if (!covered && !this.isDirtyBlock(ino, blk)) images.set(blk, await this.storedBlock(ino, blk))
+        if (!covered && !this.isDirtyBlock(ino, blk)) images.set(blk, await this.storedBlock(ino, blk, size))
       }
       const fresh: number[] = []
       for (let blk = first; blk <= last; blk++) if (!this.isDirtyBlock(ino, blk)) fresh.push(blk)
@@ -759,7 +761,7 @@ export class Filesystem {
       }
       for (const blk of fresh) {
         const image = images.get(blk)
-        if (image) this.wb.write(ino, image, blk * CS)
+        if (image && image.length > 0) this.wb.write(ino, image, blk * CS)
       }
       this.wb.write(ino, len === buf.length ? buf : buf.subarray(0, len), pos)
       // The metadata change waits in memory until close, fsync, another operation on the inode, or the
@@ -805,7 +807,7 @@ export class Filesystem {
         // The block that keeps a partial tail must be dirty so its bytes past the new end read as zeros.
         let madeDirty = false
         if (partial >= 0 && !this.meta.isDirty(ino, partial) && this.meta.getExtent(ino, partial)) {
-          await this.wb.write(ino, await this.storedBlock(ino, partial), partial * CS)
+          await this.wb.write(ino, await this.storedBlock(ino, partial, cur.size), partial * CS)
           madeDirty = true
         }
         let dropped = 0

@@ -1,5 +1,5 @@
 // The local transactional metadata store (SQLite): inodes, directory entries, extended attributes, file
-// extents, the chunk index, the segment table and the dirty-block list of the write-back store.
+// extents, the chunk index, the segment table, the dirty-block list and the inline data of the write-back store.
 // Every filesystem operation is one transaction, so a killed daemon leaves a consistent tree.
 import Database from 'better-sqlite3'
 import fs from 'node:fs'
@@ -56,15 +56,19 @@ CREATE TABLE IF NOT EXISTS segments (slot INTEGER PRIMARY KEY, version INTEGER N
   used INTEGER NOT NULL, live INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS segments_state ON segments (state, live);
 CREATE TABLE IF NOT EXISTS checkpoint_chunks (idx INTEGER PRIMARY KEY, chunk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS wb_inline (ino INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS lagging (slot INTEGER NOT NULL, idx INTEGER NOT NULL, version INTEGER NOT NULL,
   PRIMARY KEY (slot, idx)) WITHOUT ROWID;
 `
 
 type Row = Record<string, unknown>
 
+const INODE_CACHE_ENTRIES = 50_000
+
 export class MetaStore {
   readonly db: Database.Database
   private readonly st: Record<string, Database.Statement>
+  private readonly inodeCache = new Map<number, Inode>()
 
   constructor (file: string | Buffer) {
     this.db = typeof file === 'string' ? new Database(file) : new Database(file)
@@ -126,8 +130,25 @@ export class MetaStore {
     this.db.close()
   }
 
+  // Hooks of the write-back store: beforeTx runs first inside every transaction (it stores inline file
+  // data there, so the data commits with any change that names it), afterTx once the outermost one committed.
+  beforeTx: () => void = () => {}
+  afterTx: () => void = () => {}
+
   tx<T> (fn: () => T): T {
-    return this.db.transaction(fn)()
+    let out: T
+    try {
+      out = this.db.transaction(() => {
+        this.beforeTx()
+        return fn()
+      })()
+    } catch (err) {
+      // Rolled back: cached inodes may hold changes that did not commit.
+      this.inodeCache.clear()
+      throw err
+    }
+    if (!this.db.inTransaction) this.afterTx()
+    return out
   }
 
   // The write-ahead log file, kept open by the caller to make commits durable with one fdatasync.
@@ -147,8 +168,21 @@ export class MetaStore {
     return this.db.prepare('SELECT * FROM inodes WHERE ino = ?').get(ino) as Inode | undefined
   }
 
+  // Inodes are read far more often than anything else (every lookup, getattr and write): rows stay in
+  // memory, written through by every change below. Callers get copies they may change.
   getInode (ino: number): Inode | undefined {
-    return this.st.getInode.get(ino) as Inode | undefined
+    let row = this.inodeCache.get(ino)
+    if (!row) {
+      row = this.st.getInode.get(ino) as Inode | undefined
+      if (!row) return undefined
+      this.cacheInode(row)
+    }
+    return { ...row }
+  }
+
+  private cacheInode (row: Inode): void {
+    if (this.inodeCache.size >= INODE_CACHE_ENTRIES) this.inodeCache.clear()
+    this.inodeCache.set(row.ino, row)
   }
 
   lookup (parent: number, name: string): number | undefined {
@@ -156,14 +190,20 @@ export class MetaStore {
   }
 
   createInode (attrs: Omit<Inode, 'ino'>): number {
-    return Number(this.st.insertInode.run(attrs).lastInsertRowid)
+    const ino = Number(this.st.insertInode.run(attrs).lastInsertRowid)
+    this.inodeCache.delete(ino)
+    return ino
   }
 
+  // Every column but rdev and target, which never change after creation.
   updateInode (inode: Inode): void {
-    this.st.updateInode.run(inode)
+    const old = this.inodeCache.get(inode.ino)
+    if (this.st.updateInode.run(inode).changes === 0) return
+    if (old) this.cacheInode({ ...inode, rdev: old.rdev, target: old.target })
   }
 
   deleteInode (ino: number): void {
+    this.inodeCache.delete(ino)
     this.st.deleteInode.run(ino)
     this.st.delXattrs.run(ino)
   }
