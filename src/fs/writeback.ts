@@ -14,6 +14,8 @@ import path from 'node:path'
 import type { MetaStore } from './meta-store.js'
 
 const MAX_OPEN_FILES = 256
+// Removed files are renamed <ino>.gone<n> and unlinked in the background; a restart deletes leftovers.
+const GONE_SUFFIX = '.gone'
 export const INLINE_MAX_BYTES = 32 * 1024
 
 export class WriteBack {
@@ -32,13 +34,17 @@ export class WriteBack {
   private readonly meta: MetaStore
   private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement }
   private waiters: Array<() => void> = []
+  private goneSeq = 0
 
   constructor (dir: string, limitBytes: number, meta: MetaStore) {
     this.dir = dir
     this.limitBytes = limitBytes
     this.meta = meta
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-    for (const n of fs.readdirSync(dir)) if (/^\d+$/.test(n)) this.files.add(Number(n))
+    for (const n of fs.readdirSync(dir)) {
+      if (/^\d+$/.test(n)) this.files.add(Number(n))
+      else if (n.includes(GONE_SUFFIX)) fs.rmSync(path.join(dir, n), { force: true })
+    }
     const p = (sql: string): Statement => meta.db.prepare(sql)
     this.st = {
       get: p('SELECT data FROM wb_inline WHERE ino = ?'),
@@ -196,7 +202,16 @@ export class WriteBack {
       const fd = this.fds.get(ino)
       this.fds.delete(ino)
       if (fd !== undefined) fs.closeSync(fd)
-      fs.rmSync(this.file(ino), { force: true })
+      // Freeing a big file's blocks takes the kernel a while (0.8 s for 1 GiB here): the name goes now, so
+      // the inode can get a new file at once, and the unlink runs on the thread pool.
+      const gone = this.file(ino) + GONE_SUFFIX + String(++this.goneSeq)
+      let renamed = true
+      try {
+        fs.renameSync(this.file(ino), gone)
+      } catch {
+        renamed = false
+      }
+      if (renamed) fsp.rm(gone, { force: true }).catch(() => {})
     }
     // The row goes with the next metadata transaction; until then it reads as absent.
     this.unsaved.set(ino, null)

@@ -172,7 +172,7 @@ export class LogicalDisk {
     }
     if (!this.open) {
       const { slot, version } = this.allocate()
-      this.open = { slot, version, buf: Buffer.alloc(this.segmentBytes), fill: 0, pending: [], byId: new Map(), openedAt: Date.now() }
+      this.open = { slot, version, buf: Buffer.allocUnsafeSlow(this.segmentBytes), fill: 0, pending: [], byId: new Map(), openedAt: Date.now() }
     }
     const seg = this.open
     let loc = seg.byId.get(key)
@@ -214,6 +214,8 @@ export class LogicalDisk {
     const seg = this.open
     if (!seg) return
     this.open = null
+    // The buffer was not zeroed when it was made (a megabyte per segment): the padding is zeroed here.
+    seg.buf.fill(0, seg.fill)
     const done = this.writeSegment(seg)
       .catch((err: Error) => { this.writeError ??= err })
       .finally(() => this.writing.delete(seg.slot))
