@@ -17,8 +17,12 @@ export const BLOCK_SIZE_BYTES = 2 * (CHUNK_SIZE_BYTES + CHUNK_MAC_BYTES)
 // Slots reserved on each partner; the logical disk holds k * slots * BLOCK_SIZE_BYTES bytes.
 export const DEFAULT_SLOTS = 8192
 
-// Write-back store: bytes of dirty file data kept locally before writers are held back.
-export const WRITEBACK_LIMIT_BYTES = 256 * 1024 * 1024
+// Write-back store: bytes of dirty file data kept locally before writers are held back. By default a quarter
+// of the free space on the home's disk when the daemon starts, within [MIN, MAX]; COOPFS_WRITEBACK_BYTES
+// sets it.
+export const WRITEBACK_MIN_BYTES = 256 * 1024 * 1024
+export const WRITEBACK_MAX_BYTES = 4 * 1024 * 1024 * 1024
+export const WRITEBACK_BYTES = envInt('COOPFS_WRITEBACK_BYTES', 0)
 // Decrypted chunk cache held in memory.
 export const CACHE_LIMIT_BYTES = 64 * 1024 * 1024
 // Blocks read from network partners are also kept on local disk (in the home's cache folder), up to this.
@@ -26,6 +30,10 @@ export const DISK_CACHE_BYTES = envInt('COOPFS_DISK_CACHE_BYTES', 4 * 1024 * 102
 
 // A dirty block that has not been written to for this long is packed even if its file is still open.
 export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
+// Blocks behind the end of a file that is still being written wait for the writer to pause while the
+// write-back store is less than half full, for at most this long; after that they are packed behind it. A
+// burst of writes then runs at the speed of the local disk and the sealing work follows it.
+export const WRITE_BURST_MS = envInt('COOPFS_WRITE_BURST_MS', 10_000)
 // A partially filled segment is sealed and written after this long without new data.
 export const SEGMENT_FLUSH_MS = envInt('COOPFS_SEGMENT_FLUSH_MS', 1000)
 // Metadata checkpoints are written at most this often while the tree changes (and at sync/unmount).

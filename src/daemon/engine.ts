@@ -1,9 +1,11 @@
 // The engine wires the layers together for one home: keys, partner set, logical disk, metadata store,
 // write-back store, filesystem and the background work (packer, checkpoints, cleaner).
+import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import { CoopError } from '../errors.js'
 import {
-  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, DISK_CACHE_BYTES, MAX_BACKOFF_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITEBACK_LIMIT_BYTES
+  CACHE_LIMIT_BYTES, CHECKPOINT_INTERVAL_MS, DISK_CACHE_BYTES, MAX_BACKOFF_MS, PACK_IDLE_MS, SEGMENT_FLUSH_MS,
+  WRITEBACK_BYTES, WRITEBACK_MAX_BYTES, WRITEBACK_MIN_BYTES
 } from '../config.js'
 import { deriveKeys, type Keys } from '../crypto/keys.js'
 import { Home, assignColumn, type HomeConfig } from '../home.js'
@@ -125,7 +127,7 @@ export class Engine {
       // Blocks fetched over the network are kept on local disk too; local partners need no second copy.
       diskCache: this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES) : undefined
     })
-    this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? WRITEBACK_LIMIT_BYTES, this.meta)
+    this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? writebackLimit(home.dir), this.meta)
     this.fs = new Filesystem({
       meta: this.meta,
       disk: this.disk,
@@ -468,3 +470,14 @@ export class Engine {
   }
 }
 
+// The write-back store's bound: a quarter of the free space on the home's disk, within [MIN, MAX], unless
+// COOPFS_WRITEBACK_BYTES sets it.
+export function writebackLimit (dir: string): number {
+  if (WRITEBACK_BYTES > 0) return WRITEBACK_BYTES
+  let free = WRITEBACK_MIN_BYTES * 4
+  try {
+    const st = fs.statfsSync(dir)
+    free = st.bavail * st.bsize
+  } catch {}
+  return Math.min(WRITEBACK_MAX_BYTES, Math.max(WRITEBACK_MIN_BYTES, Math.floor(free / 4)))
+}

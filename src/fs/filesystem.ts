@@ -2,7 +2,7 @@
 // FUSE layer; every method either returns a result or throws an FsError carrying a Linux errno name.
 import { FsError, fsErr } from '../errors.js'
 import {
-  MAX_FILE_BYTES, MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES, MAX_XATTR_LIST_BYTES
+  MAX_FILE_BYTES, MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES, MAX_XATTR_LIST_BYTES, PACK_IDLE_MS
 } from '../config.js'
 import { MetaStore, ROOT_INO, type Inode } from './meta-store.js'
 import { WriteBack } from './writeback.js'
@@ -90,8 +90,9 @@ export class Filesystem {
   private readonly hidden = new Map<string, number>()
   // Bumped on every write to a dirty block; the packer commits a block only if it did not change meanwhile.
   readonly gens = new Map<string, number>()
-  // Last write time and highest block written per inode: the packer leaves a file's tail alone while it grows.
-  readonly writing = new Map<number, { at: number, maxBlk: number }>()
+  // Per inode being written: the last write's time, the highest block written, and when the current run of
+  // writes began (a pause of PACK_IDLE_MS ends a run). The packer leaves a file's tail alone while it grows.
+  readonly writing = new Map<number, { at: number, maxBlk: number, since: number }>()
   liveBytes = 0
   onChange: () => void = () => {}
 
@@ -778,7 +779,8 @@ export class Filesystem {
       for (let blk = first; blk <= last; blk++) this.bump(ino, blk)
       this.wb.adjust(fresh.length * CS)
       const w = this.writing.get(ino)
-      this.writing.set(ino, { at: now, maxBlk: Math.max(last, w?.maxBlk ?? 0) })
+      const since = w && now - w.at < PACK_IDLE_MS ? w.since : now
+      this.writing.set(ino, { at: now, maxBlk: Math.max(last, w?.maxBlk ?? 0), since })
       this.onChange()
       return len
     })

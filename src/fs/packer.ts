@@ -1,7 +1,7 @@
 // The packer moves dirty file blocks from the write-back store into the log: it cuts them into chunks,
 // seals them, appends them to the open segment and, once the segment's stripe is durable at the partners,
 // points the file's extents at the new chunks and drops the blocks from the write-back store.
-import { PACK_IDLE_MS, SEGMENT_FLUSH_MS } from '../config.js'
+import { PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITE_BURST_MS } from '../config.js'
 import type { Filesystem } from './filesystem.js'
 import type { LogicalDisk, Loc } from '../log/logical-disk.js'
 
@@ -39,15 +39,19 @@ export class Packer {
   }
 
   // Blocks ready to pack: everything when forced, else blocks of files that stopped changing, and blocks
-  // behind the tail of a file that is still growing.
+  // behind the tail of a file that is still growing once its run of writes is long (WRITE_BURST_MS) or the
+  // write-back store is half full. Until then a burst of writes has the machine to itself: sealing and
+  // erasure coding alongside it halved its speed here (1 GiB: 137 MB/s beside the packer, 245 after it).
   private candidates (force: boolean): Array<{ ino: number, blk: number }> {
     const now = Date.now()
+    const crowded = this.fs.wb.dirtyBytes >= this.fs.wb.limitBytes / 2
     const out: Array<{ ino: number, blk: number }> = []
     for (const row of this.fs.meta.dirtyBlocks(SCAN_LIMIT)) {
       const slot = this.inSegment.get(row.ino + ':' + row.blk)
       if (slot !== undefined && this.disk.inFlight(slot)) continue
       const w = this.fs.writing.get(row.ino)
-      if (force || !w || now - w.at >= PACK_IDLE_MS || row.blk < w.maxBlk) out.push(row)
+      const behind = w !== undefined && row.blk < w.maxBlk && (crowded || now - w.since >= WRITE_BURST_MS)
+      if (force || !w || now - w.at >= PACK_IDLE_MS || behind) out.push(row)
       if (out.length >= BLOCKS_PER_ROUND) break
     }
     return out

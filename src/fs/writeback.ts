@@ -119,20 +119,22 @@ export class WriteBack {
 
   // Reads len bytes at pos; what the store does not hold reads as zeros.
   async read (ino: number, pos: number, len: number, into?: Buffer, intoOff = 0): Promise<Buffer> {
-    const out = into ?? Buffer.alloc(len)
-    if (into) out.fill(0, intoOff, intoOff + len)
+    // A buffer of its own (the packer hands it to a sealing thread), not zeroed first: every byte is
+    // either read or zeroed below.
+    const out = into ?? Buffer.allocUnsafeSlow(len)
+    let done = 0
     if (!this.files.has(ino)) {
       const data = this.inlineData(ino)
-      if (data && pos < data.length) data.copy(out, intoOff, pos, Math.min(data.length, pos + len))
-      return out
+      if (data && pos < data.length) done = data.copy(out, intoOff, pos, Math.min(data.length, pos + len))
+    } else {
+      const fd = this.fd(ino)
+      while (done < len) {
+        const n = fs.readSync(fd, out, intoOff + done, len - done, pos + done)
+        if (n === 0) break
+        done += n
+      }
     }
-    const fd = this.fd(ino)
-    let done = 0
-    while (done < len) {
-      const n = fs.readSync(fd, out, intoOff + done, len - done, pos + done)
-      if (n === 0) break
-      done += n
-    }
+    if (done < len) out.fill(0, intoOff + done, intoOff + len)
     return out
   }
 
