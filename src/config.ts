@@ -24,7 +24,7 @@ export const WRITEBACK_MIN_BYTES = 256 * 1024 * 1024
 export const WRITEBACK_MAX_BYTES = 4 * 1024 * 1024 * 1024
 export const WRITEBACK_BYTES = envInt('COOPFS_WRITEBACK_BYTES', 0)
 // Decrypted chunk cache held in memory.
-export const CACHE_LIMIT_BYTES = 64 * 1024 * 1024
+export const CACHE_LIMIT_BYTES = 48 * 1024 * 1024
 // Blocks read from network partners are also kept on local disk (in the home's cache folder), up to this.
 export const DISK_CACHE_BYTES = envInt('COOPFS_DISK_CACHE_BYTES', 4 * 1024 * 1024 * 1024)
 
