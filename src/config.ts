@@ -34,6 +34,8 @@ export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
 // write-back store is less than half full, for at most this long; after that they are packed behind it. A
 // burst of writes then runs at the speed of the local disk and the sealing work follows it.
 export const WRITE_BURST_MS = envInt('COOPFS_WRITE_BURST_MS', 10_000)
+// Dirty blocks the packer looks at per page of the dirty list (at most eight pages a round).
+export const PACK_SCAN_BLOCKS = Math.max(1, envInt('COOPFS_PACK_SCAN_BLOCKS', 4096))
 // A partially filled segment is sealed and written after this long without new data.
 export const SEGMENT_FLUSH_MS = envInt('COOPFS_SEGMENT_FLUSH_MS', 1000)
 // Metadata checkpoints are written at most this often while the tree changes (and at sync/unmount).

@@ -4,10 +4,13 @@
 // every 100 ms, so it never pauses long enough (COOPFS_PACK_IDLE_MS, 2 s here) to count as idle.
 import test from 'brittle'
 import { spawn } from 'node:child_process'
+import fs from 'node:fs'
 import path from 'node:path'
 import { init, unmount, cli, status, until, sleep } from './helpers.js'
 
 const MiB = 1024 * 1024
+// Each test waits up to 30 s for a condition a few times over; the default 30 s test timeout is too short.
+const LONG = { timeout: 180_000 }
 
 const WRITER = `
 const fs = require('node:fs')
@@ -16,6 +19,9 @@ let pos = 0
 const put = n => { const b = Buffer.alloc(n); for (let i = 0; i < n; i += 4096) b.writeUInt32LE(pos + i + 1, i); fs.writeSync(fd, b, 0, n, pos); pos += n }
 const burst = mib => { for (let i = 0; i < mib; i++) put(1 << 20) }
 const tick = setInterval(() => put(4096), 100)
+// Bounded: it stops when the test goes away (its stdin closes) and after two minutes in any case.
+setTimeout(() => process.exit(2), 120000).unref()
+process.stdin.on('end', () => process.exit(3))
 process.stdin.setEncoding('utf8')
 process.stdin.on('data', d => {
   for (const cmd of d.split('\\n').filter(Boolean)) {
@@ -26,7 +32,19 @@ process.stdin.on('data', d => {
 })
 `
 
-test('a burst of writes is packed after the writer, or behind it once the write-back store is half full', async t => {
+function startWriter (t: { teardown: (fn: () => unknown) => void }, file: string): { send: (cmd: string) => void, said: (line: string) => Promise<boolean>, running: () => boolean } {
+  const child = spawn(process.execPath, ['-e', WRITER, file], { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout!.setEncoding('utf8').on('data', d => { out += d })
+  return {
+    send: cmd => { child.stdin!.write(cmd + '\n') },
+    said: line => until(() => out.includes(line), 30_000),
+    running: () => child.exitCode === null
+  }
+}
+
+test('a burst of writes is packed after the writer, or behind it once the write-back store is half full', LONG, async t => {
   const s = await init(t)
   const m = await cli(['mount', s.mnt, '--home', s.home], {
     COOPFS_WRITEBACK_BYTES: String(32 * MiB),
@@ -35,13 +53,10 @@ test('a burst of writes is packed after the writer, or behind it once the write-
   })
   t.is(m.code, 0, m.stderr)
 
-  const child = spawn(process.execPath, ['-e', WRITER, path.join(s.mnt, 'growing')], { stdio: ['pipe', 'pipe', 'inherit'] })
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
-  let out = ''
-  child.stdout.setEncoding('utf8').on('data', d => { out += d })
-  const said = (line: string): Promise<boolean> => until(() => out.includes(line), 30_000)
+  const w = startWriter(t, path.join(s.mnt, 'growing'))
+  const said = w.said
 
-  child.stdin.write('8\n')
+  w.send('8')
   t.ok(await said('wrote 8'), 'the writer wrote 8 MiB')
   // Long enough for two background rounds: with dirty blocks waiting, the loop comes round every
   // COOPFS_PACK_IDLE_MS.
@@ -49,7 +64,7 @@ test('a burst of writes is packed after the writer, or behind it once the write-
   const during = await status(s.home)
   t.ok(during.bytesPending >= 8 * MiB, `nothing packed behind the writer during the burst (${during.bytesPending} bytes pending)`)
 
-  child.stdin.write('12\n')
+  w.send('12')
   t.ok(await said('wrote 12'), 'the writer went past half the bound')
   let pending = Infinity
   const packedBehind = await until(() => {
@@ -57,12 +72,42 @@ test('a burst of writes is packed after the writer, or behind it once the write-
     return pending < 16 * MiB
   }, 30_000, 250)
   t.ok(packedBehind, `past half the bound, blocks are packed while the writer goes on (${pending} bytes pending)`)
-  t.is(child.exitCode, null, 'the writer was still writing')
+  t.ok(w.running(), 'the writer was still writing')
 
-  child.stdin.write('stop\n')
+  w.send('stop')
   t.ok(await said('stopped'))
-  const r = await cli(['sync', '--home', s.home])
+  const r = await cli(['sync', '--home', s.home, '--timeout', '60'])
   t.is(r.code, 0, r.stderr)
   t.is((await status(s.home)).bytesPending, 0, 'everything is packed once the writer stopped')
+  await unmount(s.mnt)
+})
+
+test('files written during a long burst are packed without waiting for it', LONG, async t => {
+  const s = await init(t)
+  // Pages of 16 dirty blocks: the burst's 64 blocks fill several pages ahead of the later file.
+  const m = await cli(['mount', s.mnt, '--home', s.home], {
+    COOPFS_WRITEBACK_BYTES: String(64 * MiB),
+    COOPFS_WRITE_BURST_MS: '600000',
+    COOPFS_PACK_IDLE_MS: '1000',
+    COOPFS_PACK_SCAN_BLOCKS: '16'
+  })
+  t.is(m.code, 0, m.stderr)
+  const w = startWriter(t, path.join(s.mnt, 'growing'))
+  w.send('8')
+  t.ok(await w.said('wrote 8'))
+  // Written and closed after the burst's file, so its inode comes after it in the dirty list.
+  fs.writeFileSync(path.join(s.mnt, 'later'), Buffer.alloc(200_000, 7))
+  const wbDir = path.join(s.home, 'writeback')
+  const files = (): string[] => fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n))
+  t.is(files().length, 2, 'both files wait in the write-back store')
+  t.ok(await until(() => files().length === 1, 30_000, 100), 'the later file was packed while the burst waits')
+  const st = await status(s.home)
+  t.ok(st.bytesPending >= 8 * MiB, `the burst still waits (${st.bytesPending} bytes pending)`)
+  t.ok(w.running())
+  w.send('stop')
+  t.ok(await w.said('stopped'))
+  const r = await cli(['sync', '--home', s.home, '--timeout', '60'])
+  t.is(r.code, 0, r.stderr)
+  t.alike(fs.readFileSync(path.join(s.mnt, 'later')), Buffer.alloc(200_000, 7))
   await unmount(s.mnt)
 })

@@ -110,7 +110,7 @@ export class MetaStore {
       addDirty: p('INSERT OR IGNORE INTO dirty (ino, blk) VALUES (?, ?)'),
       delDirty: p('DELETE FROM dirty WHERE ino = ? AND blk = ?'),
       delDirtyFrom: p('DELETE FROM dirty WHERE ino = ? AND blk >= ?'),
-      allDirty: p('SELECT ino, blk FROM dirty ORDER BY ino, blk LIMIT ?'),
+      allDirty: p('SELECT ino, blk FROM dirty WHERE ino > ? ORDER BY ino, blk LIMIT ?'),
       countDirty: p('SELECT count(*) AS n FROM dirty'),
       countDirtyIno: p('SELECT count(*) AS n FROM dirty WHERE ino = ?'),
       getChunk: p('SELECT c.id, c.slot, c.off, c.len, s.version FROM chunks c JOIN segments s ON s.slot = c.slot WHERE c.id = ?'),
@@ -285,8 +285,9 @@ export class MetaStore {
     return this.st.delDirtyFrom.run(ino, blk).changes
   }
 
-  dirtyBlocks (limit: number): Array<{ ino: number, blk: number }> {
-    return this.st.allDirty.all(limit) as Array<{ ino: number, blk: number }>
+  // Dirty blocks in (inode, block) order, of inodes after afterIno.
+  dirtyBlocks (limit: number, afterIno = 0): Array<{ ino: number, blk: number }> {
+    return this.st.allDirty.all(afterIno, limit) as Array<{ ino: number, blk: number }>
   }
 
   dirtyCount (ino?: number): number {

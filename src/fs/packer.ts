@@ -1,13 +1,15 @@
 // The packer moves dirty file blocks from the write-back store into the log: it cuts them into chunks,
 // seals them, appends them to the open segment and, once the segment's stripe is durable at the partners,
 // points the file's extents at the new chunks and drops the blocks from the write-back store.
-import { PACK_IDLE_MS, SEGMENT_FLUSH_MS, WRITE_BURST_MS } from '../config.js'
+import { PACK_IDLE_MS, PACK_SCAN_BLOCKS, SEGMENT_FLUSH_MS, WRITE_BURST_MS } from '../config.js'
 import type { Filesystem } from './filesystem.js'
 import type { LogicalDisk, Loc } from '../log/logical-disk.js'
 
 const BLOCKS_PER_ROUND = 512
-// Dirty blocks looked at per round; blocks of files still being written are passed over.
-const SCAN_LIMIT = 8 * BLOCKS_PER_ROUND
+// Dirty blocks looked at per page (at most SCAN_PAGES pages a round); blocks of files still being written
+// are passed over.
+const SCAN_LIMIT = PACK_SCAN_BLOCKS
+const SCAN_PAGES = 8
 // Blocks read and sealed at once (on the sealer's threads) before they are appended in order.
 const WINDOW = 16
 
@@ -46,13 +48,23 @@ export class Packer {
     const now = Date.now()
     const crowded = this.fs.wb.dirtyBytes >= this.fs.wb.limitBytes / 2
     const out: Array<{ ino: number, blk: number }> = []
-    for (const row of this.fs.meta.dirtyBlocks(SCAN_LIMIT)) {
-      const slot = this.inSegment.get(row.ino + ':' + row.blk)
-      if (slot !== undefined && this.disk.inFlight(slot)) continue
-      const w = this.fs.writing.get(row.ino)
-      const behind = w !== undefined && row.blk < w.maxBlk && (crowded || now - w.since >= WRITE_BURST_MS)
-      if (force || !w || now - w.at >= PACK_IDLE_MS || behind) out.push(row)
-      if (out.length >= BLOCKS_PER_ROUND) break
+    // Pages of the dirty list in inode order, so that the blocks of a big file still being written do not
+    // hide the files after it; at most SCAN_PAGES pages a round.
+    let after = 0
+    for (let page = 0; page < SCAN_PAGES && out.length < BLOCKS_PER_ROUND; page++) {
+      const rows = this.fs.meta.dirtyBlocks(SCAN_LIMIT, after)
+      for (const row of rows) {
+        const slot = this.inSegment.get(row.ino + ':' + row.blk)
+        if (slot !== undefined && this.disk.inFlight(slot)) continue
+        const w = this.fs.writing.get(row.ino)
+        const behind = w !== undefined && row.blk < w.maxBlk && (crowded || now - w.since >= WRITE_BURST_MS)
+        if (force || !w || now - w.at >= PACK_IDLE_MS || behind) out.push(row)
+        if (out.length >= BLOCKS_PER_ROUND) break
+      }
+      if (rows.length < SCAN_LIMIT) break
+      // The next page starts after the last inode seen; the rest of that inode's blocks wait for a later
+      // round.
+      after = rows[rows.length - 1].ino
     }
     return out
   }
