@@ -112,6 +112,11 @@ export async function until (cond: () => boolean, ms: number, stepMs = 20): Prom
 // Whether pid still runs: gone or a zombie (exited, not yet reaped) counts as stopped.
 export { isRunning as running } from '../src/home.js'
 
+// The per-inode files of a home's write-back store (not the removed ones still being unlinked).
+export function writebackFiles (home: string): string[] {
+  return fs.readdirSync(path.join(home, 'writeback')).filter(n => /^\d+$/.test(n))
+}
+
 export function isMounted (mnt: string): boolean {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
   return text.split('\n').some(l => l.split(' ')[4] === mnt)

@@ -3,7 +3,7 @@ import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { cli, init, mount, unmount, status, isMounted, running, tmpdir } from './helpers.js'
+import { cli, init, mount, unmount, status, isMounted, running, tmpdir, writebackFiles } from './helpers.js'
 
 const oneLine = (s: string): boolean => s.trim().split('\n').length === 1 && !/\n\s+at /.test(s)
 
@@ -103,8 +103,7 @@ test('once stored at the partners, closed files leave nothing in the local write
   // Big files wait in files of their own, small ones inline in the metadata store.
   for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `f${i}`), Buffer.alloc(200_000, i + 1))
   for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `s${i}`), Buffer.alloc(3000, i + 1))
-  const wbDir = path.join(s.home, 'writeback')
-  const files = (): string[] => fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n))
+  const files = (): string[] => writebackFiles(s.home)
   const inlineRows = (): number => {
     const db = new Database(path.join(s.home, 'meta.db'), { readonly: true })
     try {

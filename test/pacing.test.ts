@@ -6,7 +6,7 @@ import test from 'brittle'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, unmount, cli, status, until, sleep } from './helpers.js'
+import { init, unmount, cli, status, until, sleep, writebackFiles } from './helpers.js'
 
 const MiB = 1024 * 1024
 // Each test waits up to 30 s for a condition a few times over; the default 30 s test timeout is too short.
@@ -97,8 +97,7 @@ test('files written during a long burst are packed without waiting for it', LONG
   t.ok(await w.said('wrote 8'))
   // Written and closed after the burst's file, so its inode comes after it in the dirty list.
   fs.writeFileSync(path.join(s.mnt, 'later'), Buffer.alloc(200_000, 7))
-  const wbDir = path.join(s.home, 'writeback')
-  const files = (): string[] => fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n))
+  const files = (): string[] => writebackFiles(s.home)
   t.is(files().length, 2, 'both files wait in the write-back store')
   t.ok(await until(() => files().length === 1, 30_000, 100), 'the later file was packed while the burst waits')
   const st = await status(s.home)
