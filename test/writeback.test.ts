@@ -131,3 +131,33 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
   t.alike(again.inodes(), [])
   await again.close()
 })
+
+test('work that waits for a commit runs after the outermost one, and not at all after a rollback', async t => {
+  const dir = tmpdir()
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const meta = new MetaStore(path.join(dir, 'meta.db'))
+  t.teardown(() => meta.close())
+  const ran: string[] = []
+  meta.onCommit(() => ran.push('outside'))
+  t.alike(ran, ['outside'], 'outside a transaction it runs at once')
+  meta.tx(() => {
+    meta.tx(() => meta.onCommit(() => ran.push('nested')))
+    t.alike(ran, ['outside'], 'not when the nested transaction ends')
+  })
+  t.alike(ran, ['outside', 'nested'], 'once the outermost one committed')
+  t.exception(() => meta.tx(() => {
+    meta.tx(() => meta.onCommit(() => ran.push('rolled back')))
+    throw new Error('boom')
+  }))
+  // A nested transaction that fails inside one that goes on: its work is dropped, the rest runs.
+  meta.tx(() => {
+    try {
+      meta.tx(() => {
+        meta.onCommit(() => ran.push('inner failed'))
+        throw new Error('inner')
+      })
+    } catch {}
+    meta.onCommit(() => ran.push('outer'))
+  })
+  t.alike(ran, ['outside', 'nested', 'outer'])
+})

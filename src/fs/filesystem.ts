@@ -209,7 +209,11 @@ export class Filesystem {
         this.meta.updateInode(cur)
       }
     })
-    for (const [i] of list) this.pending.delete(i)
+    // Called inside another transaction (through inode()), the writes count as committed only once that
+    // one commits: if it rolls back, they stay pending and commit later.
+    this.meta.onCommit(() => {
+      for (const [i, p] of list) if (this.pending.get(i) === p) this.pending.delete(i)
+    })
   }
 
   private isDirtyBlock (ino: number, blk: number): boolean {
@@ -828,7 +832,8 @@ export class Filesystem {
       const after = this.inode(ino)
       after.size = size
       after.mtime = after.ctime = now
-      this.meta.updateInode(after)
+      // In a transaction, so that inline write-back data cut above commits with the new size.
+      this.meta.tx(() => this.meta.updateInode(after))
     })
     this.onChange()
   }

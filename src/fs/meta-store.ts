@@ -134,8 +134,11 @@ export class MetaStore {
   // data there, so the data commits with any change that names it), afterTx once the outermost one committed.
   beforeTx: () => void = () => {}
   afterTx: () => void = () => {}
+  // Work that must wait for the outermost transaction to commit, and never run if it rolls back.
+  private onCommitted: Array<() => void> = []
 
   tx<T> (fn: () => T): T {
+    const mark = this.onCommitted.length
     let out: T
     try {
       out = this.db.transaction(() => {
@@ -143,12 +146,26 @@ export class MetaStore {
         return fn()
       })()
     } catch (err) {
-      // Rolled back: cached inodes may hold changes that did not commit.
+      // Rolled back: cached inodes may hold changes that did not commit, and what waited for this
+      // transaction (nested or not) must not happen.
       this.inodeCache.clear()
+      this.onCommitted.length = mark
       throw err
     }
-    if (!this.db.inTransaction) this.afterTx()
+    if (!this.db.inTransaction) {
+      this.afterTx()
+      const run = this.onCommitted
+      this.onCommitted = []
+      for (const fn of run) fn()
+    }
     return out
+  }
+
+  // Runs fn now, or, inside a transaction, once the outermost transaction committed (not at all if it
+  // rolls back).
+  onCommit (fn: () => void): void {
+    if (this.db.inTransaction) this.onCommitted.push(fn)
+    else fn()
   }
 
   // The write-ahead log file, kept open by the caller to make commits durable with one fdatasync.

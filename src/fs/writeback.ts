@@ -86,15 +86,30 @@ export class WriteBack {
   }
 
   // Moves an inode's inline data, if any, into a file of its own. The file holds the data before the row
-  // goes, so a killed daemon finds it in one place or the other.
+  // goes, so a killed daemon finds it in one place or the other. Data that was committed (and so may have
+  // been fsynced) reaches the disk, with the file's name, before the row can be deleted: a power loss must
+  // not lose what fsync confirmed.
   private toFile (ino: number): number {
-    const data = this.inlineData(ino)
+    const stored = (this.st.get.get(ino) as { data: Buffer } | undefined)?.data
+    const mem = this.unsaved.get(ino)
+    const data = mem === undefined ? stored : mem ?? undefined
     const fd = this.fd(ino)
-    this.files.add(ino)
     if (data) {
-      writeAll(fd, data, 0)
+      try {
+        writeAll(fd, data, 0)
+        if (stored) {
+          fs.fdatasyncSync(fd)
+          syncDir(this.dir)
+        }
+      } catch (err) {
+        this.fds.delete(ino)
+        fs.closeSync(fd)
+        fs.rmSync(this.file(ino), { force: true })
+        throw err
+      }
       this.unsaved.set(ino, null)
     }
+    this.files.add(ino)
     return fd
   }
 
@@ -241,6 +256,15 @@ export class WriteBack {
     this.save()
     for (const fd of this.fds.values()) fs.closeSync(fd)
     this.fds.clear()
+  }
+}
+
+function syncDir (dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
   }
 }
 
