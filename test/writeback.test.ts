@@ -7,12 +7,18 @@ import { WriteBack, INLINE_MAX_BYTES } from '../src/fs/writeback.js'
 import { MetaStore } from '../src/fs/meta-store.js'
 import { tmpdir } from './helpers.js'
 
-test('data reads back at its offsets and what was never written reads as zeros', async t => {
+// A fresh folder with a metadata store in it, both gone after the test; the write-back store goes in wbDir.
+function setup (t: { teardown: (fn: () => unknown) => void }): { meta: MetaStore, wbDir: string } {
   const dir = tmpdir()
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const meta = new MetaStore(path.join(dir, 'meta.db'))
   t.teardown(() => meta.close())
-  const wb = new WriteBack(path.join(dir, 'wb'), 1 << 20, meta)
+  return { meta, wbDir: path.join(dir, 'wb') }
+}
+
+test('data reads back at its offsets and what was never written reads as zeros', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 20, meta)
   await wb.write(7, Buffer.from('hello'), 1000)
   const out = await wb.read(7, 995, 12)
   t.alike(out, Buffer.concat([Buffer.alloc(5), Buffer.from('hello'), Buffer.alloc(2)]))
@@ -22,11 +28,8 @@ test('data reads back at its offsets and what was never written reads as zeros',
 })
 
 test('writers wait while the store is over its bound and go on once the packer frees room', async t => {
-  const dir = tmpdir()
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const meta = new MetaStore(path.join(dir, 'meta.db'))
-  t.teardown(() => meta.close())
-  const wb = new WriteBack(path.join(dir, 'wb'), 1000, meta)
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1000, meta)
   wb.adjust(1500)
   t.ok(wb.full())
   let released = false
@@ -41,15 +44,12 @@ test('writers wait while the store is over its bound and go on once the packer f
 })
 
 test('more files than the open-file limit keep their data and can be synced', async t => {
-  const dir = tmpdir()
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const meta = new MetaStore(path.join(dir, 'meta.db'))
-  t.teardown(() => meta.close())
-  const wb = new WriteBack(path.join(dir, 'wb'), 1 << 30, meta)
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 30, meta)
   // Written past the inline limit, so each inode gets a file.
   const at = INLINE_MAX_BYTES
   for (let ino = 1; ino <= 300; ino++) await wb.write(ino, Buffer.from(`file ${ino}`), at)
-  t.is(fs.readdirSync(path.join(dir, 'wb')).length, 300)
+  t.is(fs.readdirSync(wbDir).length, 300)
   for (const ino of [1, 150, 300]) {
     await wb.sync(ino)
     t.is((await wb.read(ino, at, `file ${ino}`.length)).toString(), `file ${ino}`)
@@ -93,11 +93,7 @@ test('small files stay inline: stored with the next metadata transaction, never 
 })
 
 test('an inline file that grows past the limit moves to a file with its bytes; remove forgets both', async t => {
-  const dir = tmpdir()
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const meta = new MetaStore(path.join(dir, 'meta.db'))
-  t.teardown(() => meta.close())
-  const wbDir = path.join(dir, 'wb')
+  const { meta, wbDir } = setup(t)
   const wb = new WriteBack(wbDir, 1 << 20, meta)
   wb.write(9, Buffer.from('head'), 0)
   wb.save()
@@ -133,10 +129,7 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
 })
 
 test('work that waits for a commit runs after the outermost one, and not at all after a rollback', async t => {
-  const dir = tmpdir()
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const meta = new MetaStore(path.join(dir, 'meta.db'))
-  t.teardown(() => meta.close())
+  const { meta } = setup(t)
   const ran: string[] = []
   meta.onCommit(() => ran.push('outside'))
   t.alike(ran, ['outside'], 'outside a transaction it runs at once')
