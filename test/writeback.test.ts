@@ -10,9 +10,12 @@ import { tmpdir } from './helpers.js'
 // A fresh folder with a metadata store in it, both gone after the test; the write-back store goes in wbDir.
 function setup (t: { teardown: (fn: () => unknown) => void }): { meta: MetaStore, wbDir: string } {
   const dir = tmpdir()
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const meta = new MetaStore(path.join(dir, 'meta.db'))
-  t.teardown(() => meta.close())
+  // The store closes before its folder goes: closed later, SQLite would write its files again.
+  t.teardown(() => {
+    if (meta.db.open) meta.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
   return { meta, wbDir: path.join(dir, 'wb') }
 }
 
