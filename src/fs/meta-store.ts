@@ -130,10 +130,9 @@ export class MetaStore {
     this.db.close()
   }
 
-  // Hooks of the write-back store: beforeTx runs first inside every transaction (it stores inline file
-  // data there, so the data commits with any change that names it), afterTx once the outermost one committed.
+  // The write-back store's hook: it runs first inside every transaction and stores inline file data there,
+  // so the data commits with any change that names it.
   beforeTx: () => void = () => {}
-  afterTx: () => void = () => {}
   // Work that must wait for the outermost transaction to commit, and never run if it rolls back.
   private onCommitted: Array<() => void> = []
 
@@ -153,7 +152,6 @@ export class MetaStore {
       throw err
     }
     if (!this.db.inTransaction) {
-      this.afterTx()
       const run = this.onCommitted
       this.onCommitted = []
       for (const fn of run) fn()

@@ -53,7 +53,6 @@ export class WriteBack {
       all: p('SELECT ino FROM wb_inline')
     }
     meta.beforeTx = () => this.store()
-    meta.afterTx = () => this.stored()
   }
 
   private file (ino: number): string {
@@ -79,10 +78,15 @@ export class WriteBack {
     return fd
   }
 
+  // The inline data the metadata store holds for ino (as of the last transaction).
+  private savedData (ino: number): Buffer | undefined {
+    return (this.st.get.get(ino) as { data: Buffer } | undefined)?.data
+  }
+
   private inlineData (ino: number): Buffer | undefined {
     const mem = this.unsaved.get(ino)
     if (mem !== undefined) return mem ?? undefined
-    return (this.st.get.get(ino) as { data: Buffer } | undefined)?.data
+    return this.savedData(ino)
   }
 
   // Moves an inode's inline data, if any, into a file of its own. The file holds the data before the row
@@ -90,7 +94,7 @@ export class WriteBack {
   // been fsynced) reaches the disk, with the file's name, before the row can be deleted: a power loss must
   // not lose what fsync confirmed.
   private toFile (ino: number): number {
-    const stored = (this.st.get.get(ino) as { data: Buffer } | undefined)?.data
+    const stored = this.savedData(ino)
     const mem = this.unsaved.get(ino)
     const data = mem === undefined ? stored : mem ?? undefined
     const fd = this.fd(ino)
@@ -153,10 +157,12 @@ export class WriteBack {
     return out
   }
 
-  // Runs inside a metadata transaction: writes the inline data changed since the last save. The memory
-  // copy goes once the transaction committed (MetaStore.afterTx).
+  // Runs inside every metadata transaction: writes the inline data changed since the last save. The memory
+  // copy goes once the outermost transaction committed, and stays if it rolls back.
   private store (): void {
+    if (this.unsaved.size === 0) return
     this.storing = new Map(this.unsaved)
+    this.meta.onCommit(() => this.stored())
     for (const [ino, data] of this.storing) {
       if (data) this.st.put.run(ino, data)
       else this.st.del.run(ino)
