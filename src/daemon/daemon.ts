@@ -84,10 +84,17 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
   const stop = (): Promise<void> => {
     if (!stopping) {
       stopping = (async () => {
-        if (mountpoint) await kernelUnmount(mountpoint)
+        const t0 = Date.now()
+        if (mountpoint) {
+          await kernelUnmount(mountpoint)
+          log(`unmounted ${mountpoint}; storing what waits and closing`)
+        }
         await eng?.close(true)
-        await svc?.close()
-        log('stopped')
+        if (svc) {
+          log('closing the network')
+          await svc.close()
+        }
+        log(`stopped (${((Date.now() - t0) / 1000).toFixed(1)} s)`)
         cleanupFiles()
         setImmediate(() => process.exit(0))
       })()

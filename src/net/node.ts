@@ -19,6 +19,8 @@ const REDIAL_BACKOFFS_MS = [500, 1000, 2000, 5000, 10_000]
 const OPEN_TIMEOUT_MS = 1500
 // Topic announcements are renewed this often (DHT records expire).
 const ANNOUNCE_EVERY_MS = 5 * 60_000
+// Time given to the server to take its announcements back when the node stops.
+const SERVER_CLOSE_MS = 5000
 
 export interface NetOptions {
   keyPair: { publicKey: Buffer, secretKey: Buffer }
@@ -284,9 +286,18 @@ export class NetNode extends EventEmitter {
     }
     this.links.clear()
     for (const set of this.inbound.values()) for (const p of set) p.destroy()
-    await this.server?.close().catch(() => {})
+    // Closing the server takes its announcements back from the DHT, a round of queries that can wait on
+    // nodes that are gone: it gets a bounded time, then the DHT is destroyed regardless.
+    if (this.server) await bounded(this.server.close(), SERVER_CLOSE_MS)
     await this.dht.destroy({ force: true }).catch(() => {})
   }
+}
+
+// Waits for p (its failure ignored) or ms, whichever comes first.
+function bounded (p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const limit = new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })
+  return Promise.race([p.then(() => {}, () => {}), limit]).finally(() => clearTimeout(timer))
 }
 
 export function isLoopback (host: string | undefined): boolean {
