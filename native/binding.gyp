@@ -14,6 +14,9 @@
     {
       "target_name": "coopfs_preload",
       "sources": ["preload.c"],
+      # fuse.h (libfuse 2.9) ships with fuse-native's own dependency fuse-shared-library-linux.
+      "include_dirs": ["<!(node -p \"require('path').join(require('path').dirname(require.resolve('fuse-shared-library-linux/package.json')), 'libfuse', 'include')\")"],
+      "cflags_c": ["-std=gnu11"],
       "libraries": ["-ldl"]
     }
   ]

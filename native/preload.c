@@ -1,9 +1,65 @@
-// Loads a shared library with RTLD_GLOBAL and keeps it loaded, so that an addon loaded later (fuse-native)
-// resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads any library that
-// does not register a Node module.
+// Two helpers for fuse-native, which the project loads but does not build:
+//
+// loadGlobal(path) loads a shared library with RTLD_GLOBAL and keeps it loaded, so that an addon loaded
+// later (fuse-native) resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads
+// any library that does not register a Node module.
+//
+// interpose() makes this addon's fuse_new() the one fuse-native calls. fuse-native hands libfuse a table of
+// operations without flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
+// (touch -a, touch -m, utimensat with UTIME_OMIT: it returns success and changes nothing). This fuse_new
+// sets the flag on a copy of the table and wraps utimens: fuse-native turns times into milliseconds, where
+// UTIME_NOW and UTIME_OMIT look alike, so UTIME_NOW becomes the current time here and only UTIME_OMIT
+// reaches JavaScript as the marker (0 s, UTIME_OMIT ns).
+#define _GNU_SOURCE
+#define FUSE_USE_VERSION 29
+#define _FILE_OFFSET_BITS 64
 #include <dlfcn.h>
+#include <fuse.h>
 #include <node_api.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+typedef struct fuse *(*fuse_new_fn) (struct fuse_chan *, struct fuse_args *, const struct fuse_operations *, size_t, void *);
+
+static int interposed = 0;
+static int (*inner_utimens) (const char *, const struct timespec[2]) = NULL;
+static struct fuse_operations wrapped_ops;
+
+static int utimens_now (const char *path, const struct timespec tv[2]) {
+  struct timespec t[2] = { tv[0], tv[1] };
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  for (int i = 0; i < 2; i++) {
+    if (t[i].tv_nsec == UTIME_NOW) t[i] = now;
+  }
+  return inner_utimens(path, t);
+}
+
+// The real fuse_new of libfuse 2 (the version fuse-native links against), wherever libfuse.so.2 was loaded
+// from: as fuse-native's dependency, or globally by loadGlobal.
+static fuse_new_fn real_fuse_new (void) {
+  void *lib = dlopen("libfuse.so.2", RTLD_NOW | RTLD_NOLOAD);
+  void *fn = lib ? dlvsym(lib, "fuse_new", "FUSE_2.6") : NULL;
+  if (!fn) fn = dlvsym(RTLD_NEXT, "fuse_new", "FUSE_2.6");
+  return (fuse_new_fn) fn;
+}
+
+__attribute__((visibility("default")))
+struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struct fuse_operations *op, size_t op_size, void *user_data) {
+  fuse_new_fn real = real_fuse_new();
+  if (!real) return NULL;
+  if (!interposed || op_size > sizeof(wrapped_ops)) return real(ch, args, op, op_size, user_data);
+  memset(&wrapped_ops, 0, sizeof(wrapped_ops));
+  memcpy(&wrapped_ops, op, op_size);
+  if (wrapped_ops.utimens) {
+    inner_utimens = wrapped_ops.utimens;
+    wrapped_ops.utimens = utimens_now;
+    wrapped_ops.flag_utime_omit_ok = 1;
+  }
+  return real(ch, args, &wrapped_ops, sizeof(wrapped_ops), user_data);
+}
 
 static napi_value load_global (napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -23,10 +79,25 @@ static napi_value load_global (napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// Puts this addon in the global symbol scope, ahead of any libfuse loaded after it, so that fuse-native's
+// call to fuse_new comes here. Call before fuse-native is loaded. Returns whether it worked.
+static napi_value interpose (napi_env env, napi_callback_info info) {
+  (void) info;
+  Dl_info self;
+  int ok = dladdr((void *) &interpose, &self) != 0 && self.dli_fname != NULL &&
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL) != NULL;
+  if (ok) interposed = 1;
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "loadGlobal", NAPI_AUTO_LENGTH, load_global, NULL, &fn);
   napi_set_named_property(env, exports, "loadGlobal", fn);
+  napi_create_function(env, "interpose", NAPI_AUTO_LENGTH, interpose, NULL, &fn);
+  napi_set_named_property(env, exports, "interpose", fn);
   return exports;
 }
 

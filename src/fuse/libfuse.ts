@@ -9,20 +9,47 @@ import { CoopError } from '../errors.js'
 
 const require = createRequire(import.meta.url)
 let loaded: typeof FuseClass | null = null
+let timesOneByOne = false
+
+interface Preload {
+  loadGlobal: (file: string) => void
+  interpose?: () => boolean
+}
+
+function loadPreload (): Preload | null {
+  try {
+    return require('../../native/build/Release/coopfs_preload.node') as Preload
+  } catch {
+    return null
+  }
+}
+
+// Whether a change of one timestamp alone (touch -a, touch -m, UTIME_OMIT) reaches the filesystem: it
+// needs the preload addon's fuse_new (native/preload.c). Without it libfuse 2 drops such a change.
+export function oneTimestampChanges (): boolean {
+  return timesOneByOne
+}
 
 export function loadFuse (): typeof FuseClass {
   if (loaded) return loaded
+  const preload = loadPreload()
+  // Before fuse-native is loaded, so that its calls to fuse_new come to the addon.
+  try {
+    timesOneByOne = preload?.interpose?.() === true
+  } catch {
+    timesOneByOne = false
+  }
   try {
     loaded = require('fuse-native') as typeof FuseClass
+    // The system's libfuse2 may come without fusermount (Debian's libfuse2 does not need the fuse package):
+    // the bundled one stands behind whatever PATH has.
+    process.env.PATH = (process.env.PATH ?? '') + path.delimiter + bundledFusermountDir()
     return loaded
   } catch (err) {
     if (!/libfuse/.test(String((err as Error).message))) throw err
   }
   const shared = require('fuse-shared-library-linux') as { lib: string }
-  let preload: { loadGlobal: (file: string) => void }
-  try {
-    preload = require('../../native/build/Release/coopfs_preload.node') as typeof preload
-  } catch {
+  if (!preload) {
     throw new CoopError('ENOFUSE', 'this system has no libfuse.so.2 and the coopfs_preload addon was not built: run npm install again (it needs make and a C compiler), or install libfuse2')
   }
   preload.loadGlobal(shared.lib)

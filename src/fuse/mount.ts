@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { loadFuse } from './libfuse.js'
+import { loadFuse, oneTimestampChanges } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -91,6 +91,7 @@ export interface Mounted {
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
+  if (!oneTimestampChanges()) log('the coopfs_preload addon is missing: a change of one timestamp alone (touch -a, touch -m) will be ignored; run npm install again to build it')
 
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
