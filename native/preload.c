@@ -4,8 +4,9 @@
 // later (fuse-native) resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads
 // any library that does not register a Node module.
 //
-// interpose() makes this addon's fuse_new() the one fuse-native calls. fuse-native hands libfuse a table of
-// operations without flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
+// interpose() makes this addon's fuse_new() the one fuse-native calls, which adjusts fuse-native's table of
+// operations in two ways. New files belong to the caller (see give_to_caller). And the table lacks
+// flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
 // (touch -a, touch -m, utimensat with UTIME_OMIT: it returns success and changes nothing). This fuse_new
 // sets the flag on a copy of the table and wraps utimens: fuse-native turns times into milliseconds, where
 // UTIME_NOW and UTIME_OMIT look alike, so UTIME_NOW becomes the current time here and only UTIME_OMIT
@@ -20,12 +21,66 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct fuse *(*fuse_new_fn) (struct fuse_chan *, struct fuse_args *, const struct fuse_operations *, size_t, void *);
 
 static int interposed = 0;
-static int (*inner_utimens) (const char *, const struct timespec[2]) = NULL;
 static struct fuse_operations wrapped_ops;
+static int (*inner_utimens) (const char *, const struct timespec[2]) = NULL;
+static int (*inner_getattr) (const char *, struct stat *) = NULL;
+static int (*inner_chown) (const char *, uid_t, gid_t) = NULL;
+static int (*inner_create) (const char *, mode_t, struct fuse_file_info *) = NULL;
+static int (*inner_mkdir) (const char *, mode_t) = NULL;
+static int (*inner_mknod) (const char *, mode_t, dev_t) = NULL;
+static int (*inner_symlink) (const char *, const char *) = NULL;
+
+// fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
+// On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
+// daemon's user and group, the new file is given to the caller through the filesystem's own chown, before
+// libfuse answers the kernel. The group stays as the filesystem chose it (the parent's) when the parent
+// directory has the set-group-ID bit.
+static void give_to_caller (const char *path) {
+  struct fuse_context *c = fuse_get_context();
+  if (c == NULL || !inner_chown || (c->uid == getuid() && c->gid == getgid())) return;
+  gid_t gid = c->gid;
+  char parent[4096];
+  size_t len = strlen(path);
+  if (len < sizeof(parent) && inner_getattr) {
+    memcpy(parent, path, len + 1);
+    char *slash = strrchr(parent, '/');
+    if (slash == parent) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    if (slash && inner_getattr(parent, &st) == 0 && (st.st_mode & S_ISGID)) gid = (gid_t) -1;
+  }
+  inner_chown(path, c->uid, gid);
+}
+
+static int create_owned (const char *path, mode_t mode, struct fuse_file_info *fi) {
+  int r = inner_create(path, mode, fi);
+  if (r == 0) give_to_caller(path);
+  return r;
+}
+
+static int mkdir_owned (const char *path, mode_t mode) {
+  int r = inner_mkdir(path, mode);
+  if (r == 0) give_to_caller(path);
+  return r;
+}
+
+static int mknod_owned (const char *path, mode_t mode, dev_t dev) {
+  int r = inner_mknod(path, mode, dev);
+  if (r == 0) give_to_caller(path);
+  return r;
+}
+
+static int symlink_owned (const char *target, const char *path) {
+  int r = inner_symlink(target, path);
+  if (r == 0) give_to_caller(path);
+  return r;
+}
 
 static int utimens_now (const char *path, const struct timespec tv[2]) {
   struct timespec t[2] = { tv[0], tv[1] };
@@ -57,6 +112,14 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
     inner_utimens = wrapped_ops.utimens;
     wrapped_ops.utimens = utimens_now;
     wrapped_ops.flag_utime_omit_ok = 1;
+  }
+  inner_getattr = wrapped_ops.getattr;
+  inner_chown = wrapped_ops.chown;
+  if (inner_chown) {
+    if ((inner_create = wrapped_ops.create)) wrapped_ops.create = create_owned;
+    if ((inner_mkdir = wrapped_ops.mkdir)) wrapped_ops.mkdir = mkdir_owned;
+    if ((inner_mknod = wrapped_ops.mknod)) wrapped_ops.mknod = mknod_owned;
+    if ((inner_symlink = wrapped_ops.symlink)) wrapped_ops.symlink = symlink_owned;
   }
   return real(ch, args, &wrapped_ops, sizeof(wrapped_ops), user_data);
 }

@@ -502,7 +502,7 @@ test('stat reports size, nlink, blocks and times that follow the file', async t 
   t.is(st.mode & 0o777, 0o666 & ~process.umask(), 'mode from the creating call and the umask')
   t.ok(st.mtimeMs >= t0 - 1000 && st.mtimeMs <= Date.now() + 1000, 'mtime is the creation time')
   t.ok(st.ctimeMs >= t0 - 1000 && st.atimeMs >= t0 - 1000)
-  t.is(st.uid, process.getuid!(), 'owned by the daemon\'s user (fuse-native gives no caller ids)')
+  t.is(st.uid, process.getuid!(), 'owned by its creator, here the daemon\'s own user')
 
   const old = new Date('2000-01-01T00:00:00Z')
   fs.utimesSync(m('f'), old, old)
@@ -622,6 +622,39 @@ test('rename across two coopfs mounts is EXDEV, and mv copies instead', async t 
   t.is(r.code, 0, r.stderr || 'exits 0')
   t.is(fs.readFileSync(path.join(b.mnt, 'f'), 'utf8'), 'crossing')
   t.absent(fs.existsSync(path.join(a.mnt, 'f')))
+})
+
+// The daemon runs as root in this test, so the mount is open to every user (allow_other); setpriv runs a
+// command as another user and group.
+test('new files, directories, links and fifos belong to the user who made them; set-group-ID directories pass their group on', { skip: process.getuid?.() !== 0 }, async t => {
+  const s = await mounted(t)
+  const m = (p: string): string => path.join(s.mnt, p)
+  fs.chmodSync(s.mnt, 0o1777)
+  const as = (cmd: string): Promise<{ code: number, stdout: string, stderr: string }> =>
+    sh(`cd '${s.mnt}' && setpriv --reuid=65534 --regid=65533 --clear-groups sh -c '${cmd}'`)
+  let r = await as('touch f && mkdir d && ln -s f l && mkfifo p && echo hi > d/g && chmod 600 f')
+  t.is(r.code, 0, `the other user creates, writes into its own directory and chmods its own file: ${r.stderr}`)
+  for (const name of ['f', 'd', 'l', 'p', 'd/g']) {
+    const st = fs.lstatSync(m(name))
+    t.alike([st.uid, st.gid], [65534, 65533], `${name} belongs to its creator`)
+  }
+  t.is(fs.readFileSync(m('d/g'), 'utf8'), 'hi\n')
+  fs.mkdirSync(m('shared'))
+  fs.chownSync(m('shared'), 0, 1234)
+  fs.chmodSync(m('shared'), 0o2777)
+  r = await as('touch shared/x && mkdir shared/y')
+  t.is(r.code, 0, r.stderr)
+  const x = fs.statSync(m('shared/x'))
+  const y = fs.statSync(m('shared/y'))
+  t.alike([x.uid, x.gid], [65534, 1234], 'in a set-group-ID directory: the creator\'s user, the directory\'s group')
+  t.alike([y.gid, y.mode & 0o2000], [1234, 0o2000], 'a new directory there takes the group and the bit')
+  fs.mkdirSync(m('mine'), 0o755)
+  r = await as('touch mine/z')
+  t.is(r.code, 1, 'a directory of root\'s stays closed to the other user')
+  t.ok(/Permission denied/.test(r.stderr), r.stderr)
+  await unmount(s.mnt)
+  await mount(s)
+  t.alike([fs.statSync(m('f')).uid, fs.statSync(m('shared/x')).gid], [65534, 1234], 'owners survive a remount')
 })
 
 test('cp -a into the mount keeps modes, owners, times, symlinks and hard links', async t => {

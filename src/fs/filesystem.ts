@@ -13,6 +13,7 @@ export const S_IFMT = 0o170000
 export const S_IFDIR = 0o040000
 export const S_IFREG = 0o100000
 export const S_IFLNK = 0o120000
+const S_ISGID = 0o2000
 const XATTR_CREATE = 1
 const XATTR_REPLACE = 2
 // fuse-native turns a timespec into milliseconds; UTIME_OMIT (tv_sec 0, tv_nsec 2^30 - 2) arrives as this.
@@ -318,10 +319,14 @@ export class Filesystem {
     if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
     const now = Date.now()
     const dir = isDir(mode)
+    // In a set-group-ID directory a new file takes the directory's group, and a new directory the bit too.
+    // (The owner is the daemon's; the preload addon gives the file to its caller when that is someone else.)
+    const p = this.inode(parent)
+    const sgid = (p.mode & S_ISGID) !== 0
     const ino = this.meta.createInode({
-      mode,
+      mode: sgid && dir ? mode | S_ISGID : mode,
       uid: process.getuid?.() ?? 0,
-      gid: process.getgid?.() ?? 0,
+      gid: sgid ? p.gid : process.getgid?.() ?? 0,
       nlink: dir ? 2 : 1,
       size: 0,
       atime: now,
@@ -333,7 +338,6 @@ export class Filesystem {
       ...extra
     })
     this.meta.addDirent(parent, name, ino)
-    const p = this.inode(parent)
     if (dir) p.nlink++
     p.mtime = p.ctime = now
     this.meta.updateInode(p)
