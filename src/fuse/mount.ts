@@ -91,7 +91,7 @@ export interface Mounted {
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
-  if (!oneTimestampChanges()) log('the coopfs_preload addon is missing: a change of one timestamp alone (touch -a, touch -m) will be ignored; run npm install again to build it')
+  if (!oneTimestampChanges()) log('the coopfs_preload addon is missing: new files will belong to the daemon\'s user, and a change of one timestamp alone (touch -a, touch -m) will be ignored; run npm install again to build it')
 
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
