@@ -16,6 +16,7 @@
 #define _FILE_OFFSET_BITS 64
 #include <dlfcn.h>
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <node_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 typedef struct fuse *(*fuse_new_fn) (struct fuse_chan *, struct fuse_args *, const struct fuse_operations *, size_t, void *);
 
 static int interposed = 0;
+static void *libfuse_symbol (const char *name, const char *version);
 static struct fuse_operations wrapped_ops;
 static int (*inner_utimens) (const char *, const struct timespec[2]) = NULL;
 static int (*inner_getattr) (const char *, struct stat *) = NULL;
@@ -40,8 +42,13 @@ static int (*inner_symlink) (const char *, const char *) = NULL;
 // daemon's user and group, the new file is given to the caller through the filesystem's own chown, before
 // libfuse answers the kernel. The group stays as the filesystem chose it (the parent's) when the parent
 // directory has the set-group-ID bit.
+typedef struct fuse_context *(*get_context_fn) (void);
+
 static void give_to_caller (const char *path) {
-  struct fuse_context *c = fuse_get_context();
+  // Looked up, not linked: this addon must load where libfuse is only fuse-native's own dependency.
+  static get_context_fn get_context = NULL;
+  if (!get_context) get_context = (get_context_fn) libfuse_symbol("fuse_get_context", "FUSE_2.8");
+  struct fuse_context *c = get_context ? get_context() : NULL;
   if (c == NULL || !inner_chown || (c->uid == getuid() && c->gid == getgid())) return;
   gid_t gid = c->gid;
   char parent[4096];
@@ -92,18 +99,10 @@ static int utimens_now (const char *path, const struct timespec tv[2]) {
   return inner_utimens(path, t);
 }
 
-// The real fuse_new of libfuse 2 (the version fuse-native links against), wherever libfuse.so.2 was loaded
-// from: as fuse-native's dependency, or globally by loadGlobal.
-static fuse_new_fn real_fuse_new (void) {
-  void *lib = dlopen("libfuse.so.2", RTLD_NOW | RTLD_NOLOAD);
-  void *fn = lib ? dlvsym(lib, "fuse_new", "FUSE_2.6") : NULL;
-  if (!fn) fn = dlvsym(RTLD_NEXT, "fuse_new", "FUSE_2.6");
-  return (fuse_new_fn) fn;
-}
-
+// fuse-native's call to fuse_new comes here; the real one is libfuse 2's (see libfuse_symbol).
 __attribute__((visibility("default")))
 struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struct fuse_operations *op, size_t op_size, void *user_data) {
-  fuse_new_fn real = real_fuse_new();
+  fuse_new_fn real = (fuse_new_fn) libfuse_symbol("fuse_new", "FUSE_2.6");
   if (!real) return NULL;
   if (!interposed || op_size > sizeof(wrapped_ops)) return real(ch, args, op, op_size, user_data);
   memset(&wrapped_ops, 0, sizeof(wrapped_ops));
@@ -140,6 +139,56 @@ static napi_value load_global (napi_env env, napi_callback_info info) {
     return NULL;
   }
   return NULL;
+}
+
+// Attribute caching. libfuse 2's path API gives every name of a file a kernel inode of its own, so with
+// attributes cached in the kernel a link, unlink, chmod or chown through one name of a hard-linked file
+// would show through its other names only when the cache expired. Directories have one name each and the
+// kernel drops a directory's cached attributes itself when an entry in it changes: they keep the mount's
+// attribute timeout, which spares a request to the daemon for every directory of every path walked. Every
+// other reply carrying attributes gets a timeout of 0. libfuse's own calls to these functions go through
+// its PLT, so with this addon ahead of it in the global scope they come here.
+typedef int (*reply_attr_fn) (fuse_req_t, const struct stat *, double);
+typedef int (*reply_entry_fn) (fuse_req_t, const struct fuse_entry_param *);
+typedef int (*reply_create_fn) (fuse_req_t, const struct fuse_entry_param *, const struct fuse_file_info *);
+
+// A function of libfuse 2 by name and version (the versions fuse-native links against), wherever
+// libfuse.so.2 was loaded from: as fuse-native's dependency, or globally by loadGlobal.
+static void *libfuse_symbol (const char *name, const char *version) {
+  void *lib = dlopen("libfuse.so.2", RTLD_NOW | RTLD_NOLOAD);
+  void *fn = lib ? dlvsym(lib, name, version) : NULL;
+  return fn ? fn : dlvsym(RTLD_NEXT, name, version);
+}
+
+static int cached_attrs (mode_t mode) {
+  return !interposed || S_ISDIR(mode);
+}
+
+__attribute__((visibility("default")))
+int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeout) {
+  static reply_attr_fn real = NULL;
+  if (!real) real = (reply_attr_fn) libfuse_symbol("fuse_reply_attr", "FUSE_2.4");
+  return real(req, attr, attr != NULL && !cached_attrs(attr->st_mode) ? 0 : attr_timeout);
+}
+
+__attribute__((visibility("default")))
+int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
+  static reply_entry_fn real = NULL;
+  if (!real) real = (reply_entry_fn) libfuse_symbol("fuse_reply_entry", "FUSE_2.4");
+  if (e == NULL || e->ino == 0 || cached_attrs(e->attr.st_mode)) return real(req, e);
+  struct fuse_entry_param copy = *e;
+  copy.attr_timeout = 0;
+  return real(req, &copy);
+}
+
+__attribute__((visibility("default")))
+int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
+  static reply_create_fn real = NULL;
+  if (!real) real = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
+  if (e == NULL || cached_attrs(e->attr.st_mode)) return real(req, e, fi);
+  struct fuse_entry_param copy = *e;
+  copy.attr_timeout = 0;
+  return real(req, &copy, fi);
 }
 
 // Puts this addon in the global symbol scope, ahead of any libfuse loaded after it, so that fuse-native's

@@ -9,7 +9,7 @@ import { CoopError } from '../errors.js'
 
 const require = createRequire(import.meta.url)
 let loaded: typeof FuseClass | null = null
-let timesOneByOne = false
+let interposed = false
 
 interface Preload {
   loadGlobal: (file: string) => void
@@ -24,10 +24,11 @@ function loadPreload (): Preload | null {
   }
 }
 
-// Whether a change of one timestamp alone (touch -a, touch -m, UTIME_OMIT) reaches the filesystem: it
-// needs the preload addon's fuse_new (native/preload.c). Without it libfuse 2 drops such a change.
-export function oneTimestampChanges (): boolean {
-  return timesOneByOne
+// Whether the preload addon stands between fuse-native and libfuse (native/preload.c). Without it new
+// files belong to the daemon's user, libfuse 2 drops a change of one timestamp alone (touch -a, touch -m),
+// and the mount must do without the kernel's attribute cache.
+export function preloadActive (): boolean {
+  return interposed
 }
 
 export function loadFuse (): typeof FuseClass {
@@ -35,9 +36,9 @@ export function loadFuse (): typeof FuseClass {
   const preload = loadPreload()
   // Before fuse-native is loaded, so that its calls to fuse_new come to the addon.
   try {
-    timesOneByOne = preload?.interpose?.() === true
+    interposed = preload?.interpose?.() === true
   } catch {
-    timesOneByOne = false
+    interposed = false
   }
   try {
     loaded = require('fuse-native') as typeof FuseClass

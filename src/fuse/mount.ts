@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { loadFuse, oneTimestampChanges } from './libfuse.js'
+import { loadFuse, preloadActive } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -40,13 +40,15 @@ export function errnoOf (err: unknown): number {
 }
 
 // Mount options fuse-native has no switch for: big writes (about 10x faster sequential writes), our own
-// inode numbers (hard links show one inode), the kernel's permission checks from mode bits, and no caching
-// of attributes in the kernel. libfuse 2's path API gives each name of a hard-linked file a kernel inode of
-// its own; with the default second of attribute caching, a link, unlink, chmod or chown through one name
-// left the others showing the old link count, mode and owner for up to a second (POSIX test suite: 52
-// failures). Without it, every stat and every permission check on a path asks the daemon (measured here:
-// creating 4 KiB files about a fifth slower).
-const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions', 'attr_timeout=0']
+// inode numbers (hard links show one inode), and the kernel's permission checks from mode bits.
+const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions']
+// libfuse 2's path API gives each name of a hard-linked file a kernel inode of its own: with attributes
+// cached in the kernel, a link, unlink, chmod or chown through one name would show through the others only
+// when the cache expired (POSIX test suite: 52 failures). The preload addon gives the attributes of
+// everything but directories a timeout of 0 (native/preload.c); without it the whole mount has no
+// attribute cache, which makes every directory of every path walked a request to the daemon (creating
+// small files about a fifth slower).
+const NO_ATTR_CACHE = ['attr_timeout=0']
 const DEBUG_LOG = process.env.COOPFS_FUSE_LOG === '1'
 
 type Cb = (...args: any[]) => void
@@ -91,7 +93,7 @@ export interface Mounted {
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
-  if (!oneTimestampChanges()) log('the coopfs_preload addon is missing: new files will belong to the daemon\'s user, and a change of one timestamp alone (touch -a, touch -m) will be ignored; run npm install again to build it')
+  if (!preloadActive()) log('the coopfs_preload addon is missing: new files will belong to the daemon\'s user, a change of one timestamp alone (touch -a, touch -m) will be ignored, and the kernel caches no attributes (slower); run npm install again to build it')
 
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
@@ -165,7 +167,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
 
     protected override _fuseOptions (): string {
       const base = super._fuseOptions()
-      const extra = EXTRA_OPTIONS.join(',')
+      const extra = [...EXTRA_OPTIONS, ...(preloadActive() ? [] : NO_ATTR_CACHE)].join(',')
       return base ? `${base},${extra}` : `-o${extra}`
     }
 
