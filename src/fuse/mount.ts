@@ -47,7 +47,7 @@ const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions']
 // when the cache expired (POSIX test suite: 52 failures). The preload addon gives the attributes of
 // everything but directories a timeout of 0 (native/preload.c); without it the whole mount has no
 // attribute cache, which makes every directory of every path walked a request to the daemon (creating
-// small files about a fifth slower).
+// small files: a fifth slower in one run on a busy machine, a few percent in another).
 const NO_ATTR_CACHE = ['attr_timeout=0']
 const DEBUG_LOG = process.env.COOPFS_FUSE_LOG === '1'
 
