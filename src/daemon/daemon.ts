@@ -59,7 +59,11 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
     // (who redial it on the spot) instead of at their next back-off.
     service = startService(home, cfg, true)
     if (!service && !mountpoint) throw new CoopError('EUSAGE', `${home.dir} keeps its stripes in local directories: it has nothing to serve`)
-    await service?.start()
+    if (service) {
+      const via = cfg.network?.bootstrap?.length ? cfg.network.bootstrap.join(', ') : "HyperDHT's public bootstrap nodes"
+      log(`joining the DHT through ${via}`)
+      await service.start()
+    }
     if (mountpoint) {
       engine = new Engine(home, { log, service: service ?? undefined })
       await engine.start()
