@@ -27,7 +27,10 @@
 typedef struct fuse *(*fuse_new_fn) (struct fuse_chan *, struct fuse_args *, const struct fuse_operations *, size_t, void *);
 
 static int interposed = 0;
+// Set when fuse-native's fuse_new came here: the rest of this file is then in force.
+static int took_over = 0;
 static void *libfuse_symbol (const char *name, const char *version);
+static void resolve_replies (void);
 static struct fuse_operations wrapped_ops;
 static int (*inner_utimens) (const char *, const struct timespec[2]) = NULL;
 static int (*inner_getattr) (const char *, struct stat *) = NULL;
@@ -105,6 +108,9 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
   fuse_new_fn real = (fuse_new_fn) libfuse_symbol("fuse_new", "FUSE_2.6");
   if (!real) return NULL;
   if (!interposed || op_size > sizeof(wrapped_ops)) return real(ch, args, op, op_size, user_data);
+  // Looked up here, before libfuse starts its threads, rather than on the first reply.
+  resolve_replies();
+  took_over = 1;
   memset(&wrapped_ops, 0, sizeof(wrapped_ops));
   memcpy(&wrapped_ops, op, op_size);
   if (wrapped_ops.utimens) {
@@ -160,21 +166,31 @@ static void *libfuse_symbol (const char *name, const char *version) {
   return fn ? fn : dlvsym(RTLD_NEXT, name, version);
 }
 
+static reply_attr_fn real_reply_attr = NULL;
+static reply_entry_fn real_reply_entry = NULL;
+static reply_create_fn real_reply_create = NULL;
+
+static void resolve_replies (void) {
+  if (!real_reply_attr) real_reply_attr = (reply_attr_fn) libfuse_symbol("fuse_reply_attr", "FUSE_2.4");
+  if (!real_reply_entry) real_reply_entry = (reply_entry_fn) libfuse_symbol("fuse_reply_entry", "FUSE_2.4");
+  if (!real_reply_create) real_reply_create = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
+}
+
 static int cached_attrs (mode_t mode) {
   return !interposed || S_ISDIR(mode);
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeout) {
-  static reply_attr_fn real = NULL;
-  if (!real) real = (reply_attr_fn) libfuse_symbol("fuse_reply_attr", "FUSE_2.4");
+  if (!real_reply_attr) resolve_replies();
+  reply_attr_fn real = real_reply_attr;
   return real(req, attr, attr != NULL && !cached_attrs(attr->st_mode) ? 0 : attr_timeout);
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
-  static reply_entry_fn real = NULL;
-  if (!real) real = (reply_entry_fn) libfuse_symbol("fuse_reply_entry", "FUSE_2.4");
+  if (!real_reply_entry) resolve_replies();
+  reply_entry_fn real = real_reply_entry;
   if (e == NULL || e->ino == 0 || cached_attrs(e->attr.st_mode)) return real(req, e);
   struct fuse_entry_param copy = *e;
   copy.attr_timeout = 0;
@@ -183,8 +199,8 @@ int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
 
 __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
-  static reply_create_fn real = NULL;
-  if (!real) real = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
+  if (!real_reply_create) resolve_replies();
+  reply_create_fn real = real_reply_create;
   if (e == NULL || cached_attrs(e->attr.st_mode)) return real(req, e, fi);
   struct fuse_entry_param copy = *e;
   copy.attr_timeout = 0;
@@ -204,8 +220,18 @@ static napi_value interpose (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Whether fuse-native's fuse_new went through this addon (known once a mount was made).
+static napi_value took_over_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+  napi_get_boolean(env, took_over, &result);
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "tookOver", NAPI_AUTO_LENGTH, took_over_js, NULL, &fn);
+  napi_set_named_property(env, exports, "tookOver", fn);
   napi_create_function(env, "loadGlobal", NAPI_AUTO_LENGTH, load_global, NULL, &fn);
   napi_set_named_property(env, exports, "loadGlobal", fn);
   napi_create_function(env, "interpose", NAPI_AUTO_LENGTH, interpose, NULL, &fn);

@@ -14,7 +14,10 @@ let interposed = false
 interface Preload {
   loadGlobal: (file: string) => void
   interpose?: () => boolean
+  tookOver?: () => boolean
 }
+
+let preloaded: Preload | null = null
 
 function loadPreload (): Preload | null {
   try {
@@ -31,9 +34,14 @@ export function preloadActive (): boolean {
   return interposed
 }
 
+// After a mount: whether fuse-native's fuse_new really went through the preload addon.
+export function preloadTookOver (): boolean {
+  return preloaded?.tookOver?.() === true
+}
+
 export function loadFuse (): typeof FuseClass {
   if (loaded) return loaded
-  const preload = loadPreload()
+  const preload = preloaded = loadPreload()
   // Before fuse-native is loaded, so that its calls to fuse_new come to the addon.
   try {
     interposed = preload?.interpose?.() === true

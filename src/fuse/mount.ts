@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { loadFuse, preloadActive } from './libfuse.js'
+import { loadFuse, preloadActive, preloadTookOver } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -204,6 +204,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     timeout: false
   })
   await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
+  if (preloadActive() && !preloadTookOver()) log('fuse-native did not call libfuse through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored, and the names of a hard-linked file may show old attributes for up to a second')
   return {
     unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
   }
