@@ -46,24 +46,24 @@ static int (*inner_symlink) (const char *, const char *) = NULL;
 // libfuse answers the kernel. The group stays as the filesystem chose it (the parent's) when the parent
 // directory has the set-group-ID bit.
 typedef struct fuse_context *(*get_context_fn) (void);
+// Looked up, not linked: this addon must load where libfuse is only fuse-native's own dependency. Set by
+// fuse_new, before libfuse starts its threads.
+static get_context_fn get_context = NULL;
 
 static void give_to_caller (const char *path) {
-  // Looked up, not linked: this addon must load where libfuse is only fuse-native's own dependency.
-  static get_context_fn get_context = NULL;
-  if (!get_context) get_context = (get_context_fn) libfuse_symbol("fuse_get_context", "FUSE_2.8");
   struct fuse_context *c = get_context ? get_context() : NULL;
   if (c == NULL || !inner_chown || (c->uid == getuid() && c->gid == getgid())) return;
   gid_t gid = c->gid;
-  char parent[4096];
-  size_t len = strlen(path);
-  if (len < sizeof(parent) && inner_getattr) {
-    memcpy(parent, path, len + 1);
+  // Paths from libfuse's path API are not bounded by PATH_MAX in deep trees.
+  char *parent = inner_getattr ? strdup(path) : NULL;
+  if (parent) {
     char *slash = strrchr(parent, '/');
     if (slash == parent) slash[1] = '\0';
     else if (slash) *slash = '\0';
     struct stat st;
     memset(&st, 0, sizeof(st));
     if (slash && inner_getattr(parent, &st) == 0 && (st.st_mode & S_ISGID)) gid = (gid_t) -1;
+    free(parent);
   }
   inner_chown(path, c->uid, gid);
 }
@@ -108,8 +108,9 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
   fuse_new_fn real = (fuse_new_fn) libfuse_symbol("fuse_new", "FUSE_2.6");
   if (!real) return NULL;
   if (!interposed || op_size > sizeof(wrapped_ops)) return real(ch, args, op, op_size, user_data);
-  // Looked up here, before libfuse starts its threads, rather than on the first reply.
+  // Looked up here, before libfuse starts its threads, rather than on first use.
   resolve_replies();
+  get_context = (get_context_fn) libfuse_symbol("fuse_get_context", "FUSE_2.8");
   took_over = 1;
   memset(&wrapped_ops, 0, sizeof(wrapped_ops));
   memcpy(&wrapped_ops, op, op_size);
@@ -220,6 +221,22 @@ static napi_value interpose (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Whether a call from libfuse or fuse-native to fuse_new and to the reply functions would come here now:
+// asked once libfuse is loaded, before mounting.
+static napi_value in_force (napi_env env, napi_callback_info info) {
+  (void) info;
+  // dlsym, not dlvsym: dlvsym asks for a hidden version match and passes over these unversioned
+  // definitions, which a versioned reference (fuse-native's, libfuse's PLT) does take.
+  int ok = interposed &&
+    dlsym(RTLD_DEFAULT, "fuse_new") == (void *) &fuse_new &&
+    dlsym(RTLD_DEFAULT, "fuse_reply_attr") == (void *) &fuse_reply_attr &&
+    dlsym(RTLD_DEFAULT, "fuse_reply_entry") == (void *) &fuse_reply_entry &&
+    dlsym(RTLD_DEFAULT, "fuse_reply_create") == (void *) &fuse_reply_create;
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 // Whether fuse-native's fuse_new went through this addon (known once a mount was made).
 static napi_value took_over_js (napi_env env, napi_callback_info info) {
   (void) info;
@@ -230,6 +247,8 @@ static napi_value took_over_js (napi_env env, napi_callback_info info) {
 
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "inForce", NAPI_AUTO_LENGTH, in_force, NULL, &fn);
+  napi_set_named_property(env, exports, "inForce", fn);
   napi_create_function(env, "tookOver", NAPI_AUTO_LENGTH, took_over_js, NULL, &fn);
   napi_set_named_property(env, exports, "tookOver", fn);
   napi_create_function(env, "loadGlobal", NAPI_AUTO_LENGTH, load_global, NULL, &fn);

@@ -15,6 +15,7 @@ interface Preload {
   loadGlobal: (file: string) => void
   interpose?: () => boolean
   tookOver?: () => boolean
+  inForce?: () => boolean
 }
 
 let preloaded: Preload | null = null
@@ -52,7 +53,8 @@ export function loadFuse (): typeof FuseClass {
     loaded = require('fuse-native') as typeof FuseClass
     // The system's libfuse2 may come without fusermount (Debian's libfuse2 does not need the fuse package):
     // the bundled one stands behind whatever PATH has.
-    process.env.PATH = (process.env.PATH ?? '') + path.delimiter + bundledFusermountDir()
+    process.env.PATH = joinPath(process.env.PATH, bundledFusermountDir())
+    checkInForce(preload)
     return loaded
   } catch (err) {
     if (!/libfuse/.test(String((err as Error).message))) throw err
@@ -63,9 +65,20 @@ export function loadFuse (): typeof FuseClass {
   }
   preload.loadGlobal(shared.lib)
   const bin = path.join(path.dirname(shared.lib), '..', 'bin')
-  process.env.PATH = bin + path.delimiter + (process.env.PATH ?? '')
+  process.env.PATH = joinPath(bin, process.env.PATH)
   loaded = require('fuse-native') as typeof FuseClass
+  checkInForce(preload)
   return loaded
+}
+
+// With libfuse loaded: whether its calls and fuse-native's really reach the addon's functions.
+function checkInForce (preload: Preload | null): void {
+  if (interposed && preload?.inForce?.() !== true) interposed = false
+}
+
+// PATH entries in order, empty ones dropped (an empty entry would mean the current folder).
+function joinPath (...parts: Array<string | undefined>): string {
+  return parts.flatMap(p => (p ?? '').split(path.delimiter)).filter(Boolean).join(path.delimiter)
 }
 
 // The folder of the bundled fusermount, for commands that unmount without loading fuse-native.

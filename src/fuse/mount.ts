@@ -204,7 +204,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     timeout: false
   })
   await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
-  if (preloadActive() && !preloadTookOver()) log('fuse-native did not call libfuse through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored, and the names of a hard-linked file may show old attributes for up to a second')
+  if (preloadActive() && !preloadTookOver()) log('fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, and touch -a and touch -m are ignored')
   return {
     unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
   }
