@@ -8,8 +8,11 @@ import { init, mount, unmount, sync, status } from './helpers.js'
 
 const SLOTS = 48 // 48 MiB logical disk at k = 4
 const PIECE = 128 * 1024
+// A hang guard, not a time limit: alone each test takes about 10 s here, but on a busy machine the first
+// ran past brittle's default 30 s.
+const GUARD = { timeout: 180_000 }
 
-test('writing and deleting three times the logical disk never runs out of space', async t => {
+test('writing and deleting three times the logical disk never runs out of space', GUARD, async t => {
   const s = await init(t, { slots: SLOTS })
   await mount(s)
   const keep = crypto.randomBytes(3 * 1024 * 1024)
@@ -46,7 +49,7 @@ test('writing and deleting three times the logical disk never runs out of space'
   await unmount(s.mnt)
 })
 
-test('a full logical disk answers ENOSPC and keeps what was stored', async t => {
+test('a full logical disk answers ENOSPC and keeps what was stored', GUARD, async t => {
   const s = await init(t, { slots: SLOTS })
   await mount(s)
   const keep = crypto.randomBytes(2 * 1024 * 1024)
