@@ -7,6 +7,7 @@ import { Home, assignColumn, isLocal, type HomeConfig } from '../home.js'
 import { deriveKeys } from '../crypto/keys.js'
 import { Engine } from './engine.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
+import { fuseStatus } from '../fuse/libfuse.js'
 import { serveControl, type Request } from './control.js'
 import { PartnerService } from '../serve/service.js'
 
@@ -113,7 +114,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       case 'status': {
         const net = svc ? { address: svc.node.address(), agreements: svc.list() } : {}
         const base = { mountpoint, pid: process.pid, home: home.dir, publicKey: svc?.keys.publicKey.toString('hex'), bytesStored: 0, bytesPending: 0, partners: [], ...net }
-        return eng ? { ...base, ...eng.status() } : base
+        return eng ? { ...base, ...eng.status(), fuse: fuseStatus() } : base
       }
       case 'sync':
         if (!eng) throw new CoopError('EUSAGE', 'this daemon serves partners only; it has nothing to sync')

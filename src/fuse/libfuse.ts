@@ -35,6 +35,14 @@ export function preloadActive (): boolean {
   return interposed
 }
 
+// For status: whether the preload addon stands between fuse-native and libfuse, and if not, what that
+// costs. Meaningful once a mount was made.
+export function fuseStatus (): { addon: boolean, note?: string } {
+  if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use: new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel' }
+  if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored' }
+  return { addon: true }
+}
+
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.
 export function preloadTookOver (): boolean {
   return preloaded?.tookOver?.() === true

@@ -61,7 +61,7 @@ async function waitForExit (pid: number): Promise<void> {
   if (!(await waitForDaemonExit(pid, STOP_WAIT_MS))) throw new CoopError('ETIMEDOUT', `the daemon (pid ${pid}) did not stop in time`)
 }
 
-type Status = EngineStatus & { mountpoint: string | null, pid: number | null, home: string, agreements?: PartnerRow[] }
+type Status = EngineStatus & { mountpoint: string | null, pid: number | null, home: string, agreements?: PartnerRow[], fuse?: { addon: boolean, note?: string } }
 
 export async function statusCommand (args: Args): Promise<void> {
   onlyFlags(args, ['home', 'json'])
@@ -103,6 +103,7 @@ export async function statusCommand (args: Args): Promise<void> {
       `pending:     ${fmtBytes(status.bytesPending)} waiting in the local write-back store`,
       `checkpoint:  #${status.checkpoint}${status.changedSinceCheckpoint ? ' (newer changes not yet checkpointed)' : ''}`,
       `coding:      k=${status.erasureCoding.k} m=${status.erasureCoding.m}, ${status.erasureCoding.backend} coder${status.erasureCoding.note ? ' - ' + status.erasureCoding.note : ''}`,
+      ...(status.fuse && !status.fuse.addon ? [`fuse:        ${status.fuse.note ?? 'coopfs_preload addon not in use'}`] : []),
       `partners:    ${status.partnersOnline} of ${status.partners.length} online`,
       `redundancy:  ${status.blocksLagging ? `${status.blocksLagging} blocks still to be sent to partners that were away` : 'full'}`,
       `damage:      ${status.damage.count ? `${status.damage.count} bad or missing blocks seen (served by decoding)` : 'none seen'}`
