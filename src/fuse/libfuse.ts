@@ -38,13 +38,13 @@ export function preloadActive (): boolean {
 // For status: whether the preload addon stands between fuse-native and libfuse, and if not, what that
 // costs. Meaningful once a mount was made.
 export function fuseStatus (): { addon: boolean, note?: string } {
-  if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use: new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel' }
+  if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel' }
   if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored' }
   return { addon: true }
 }
 
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.
-export function preloadTookOver (): boolean {
+function preloadTookOver (): boolean {
   return preloaded?.tookOver?.() === true
 }
 

@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { loadFuse, preloadActive, preloadTookOver } from './libfuse.js'
+import { fuseStatus, loadFuse, preloadActive } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -93,7 +93,6 @@ export interface Mounted {
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
-  if (!preloadActive()) log('the coopfs_preload addon is missing: new files will belong to the daemon\'s user, a change of one timestamp alone (touch -a, touch -m) will be ignored, and the kernel caches no attributes (slower); run npm install again to build it')
 
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
@@ -204,7 +203,8 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     timeout: false
   })
   await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
-  if (preloadActive() && !preloadTookOver()) log('fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, and touch -a and touch -m are ignored')
+  const addon = fuseStatus()
+  if (!addon.addon) log(addon.note!)
   return {
     unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
   }
