@@ -12,6 +12,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import type { MetaStore } from './meta-store.js'
+import { fsyncDir } from '../home.js'
 
 const MAX_OPEN_FILES = 256
 // Removed files are renamed <ino>.gone<n> and unlinked in the background; a restart deletes leftovers.
@@ -103,7 +104,7 @@ export class WriteBack {
         writeAll(fd, data, 0)
         if (stored) {
           fs.fdatasyncSync(fd)
-          syncDir(this.dir)
+          fsyncDir(this.dir)
         }
       } catch (err) {
         this.fds.delete(ino)
@@ -262,15 +263,6 @@ export class WriteBack {
     this.save()
     for (const fd of this.fds.values()) fs.closeSync(fd)
     this.fds.clear()
-  }
-}
-
-function syncDir (dir: string): void {
-  const fd = fs.openSync(dir, 'r')
-  try {
-    fs.fsyncSync(fd)
-  } finally {
-    fs.closeSync(fd)
   }
 }
 
