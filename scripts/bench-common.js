@@ -6,6 +6,9 @@ import { execFileSync } from 'node:child_process'
 import { performance } from 'node:perf_hooks'
 
 export const MiB = 1024 * 1024
+// The project's memory target per process, in MB (10^6 bytes) like every target; RSS is read in MiB.
+export const RSS_TARGET_MB = 300
+export const RSS_TARGET_MIB = RSS_TARGET_MB * 1e6 / MiB
 export const POOL_BYTES = 64 * MiB
 export const STAMP_EVERY = 4096
 
