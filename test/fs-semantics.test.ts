@@ -6,7 +6,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, status, sync, sh, run, isMounted, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
+import { init, mount, unmount, status, sync, sh, run, isMounted, killDaemon, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
 
 const CHUNK = 128 * 1024
 // mounted(t) makes a home of 512 slots: a logical disk of 512 segments of k = 4 blocks of about 256 KiB.
@@ -569,10 +569,8 @@ test('fsync of a file and of a directory return, and fsynced data survives kill 
   const dfd = fs.openSync(path.join(s.mnt, 'd'), 'r')
   fs.fsyncSync(dfd)
   fs.closeSync(dfd)
-  const { pid } = await status(s.home)
   // The file stays open: only fsync made it durable.
-  process.kill(pid, 'SIGKILL')
-  for (let i = 0; i < 200 && isMounted(s.mnt); i++) await new Promise(resolve => setTimeout(resolve, 50))
+  await killDaemon(s, 10_000)
   try { fs.closeSync(fd) } catch {}
   t.absent(isMounted(s.mnt), 'the mount went with the daemon')
   await mount(s)

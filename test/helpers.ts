@@ -120,6 +120,13 @@ export function writebackFiles (home: string): string[] {
   return fs.readdirSync(path.join(home, 'writeback')).filter(n => /^\d+$/.test(n))
 }
 
+// kill -9 of the home's daemon; waits up to ms for the kernel to drop its mount (auto_unmount).
+export async function killDaemon (s: { home: string, mnt: string }, ms: number): Promise<void> {
+  const { pid } = await status(s.home)
+  process.kill(pid, 'SIGKILL')
+  await until(() => !isMounted(s.mnt), ms, 50)
+}
+
 export function isMounted (mnt: string): boolean {
   const text = fs.readFileSync('/proc/self/mountinfo', 'utf8')
   return text.split('\n').some(l => l.split(' ')[4] === mnt)
