@@ -150,11 +150,12 @@ static napi_value load_global (napi_env env, napi_callback_info info) {
 
 // Attribute caching. libfuse 2's path API gives every name of a file a kernel inode of its own, so with
 // attributes cached in the kernel a link, unlink, chmod or chown through one name of a hard-linked file
-// would show through its other names only when the cache expired. Directories have one name each and the
-// kernel drops a directory's cached attributes itself when an entry in it changes: they keep the mount's
-// attribute timeout, which spares a request to the daemon for every directory of every path walked. Every
-// other reply carrying attributes gets a timeout of 0. libfuse's own calls to these functions go through
-// its PLT, so with this addon ahead of it in the global scope they come here.
+// would show through its other names only when the cache expired. Replies about a file with more than one
+// name get a timeout of 0. Directories and single-name files keep the mount's attribute timeout: every
+// change to them goes through their one kernel inode, which the kernel updates or drops itself (setattr
+// replies, writes, a link made from that name, unlink), and path walks and create-write-close sequences
+// do not ask the daemon again. libfuse's own calls to these functions go through its PLT, so with this
+// addon ahead of it in the global scope they come here.
 typedef int (*reply_attr_fn) (fuse_req_t, const struct stat *, double);
 typedef int (*reply_entry_fn) (fuse_req_t, const struct fuse_entry_param *);
 typedef int (*reply_create_fn) (fuse_req_t, const struct fuse_entry_param *, const struct fuse_file_info *);
@@ -177,22 +178,22 @@ static void resolve_replies (void) {
   if (!real_reply_create) real_reply_create = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
 }
 
-static int cached_attrs (mode_t mode) {
-  return !interposed || S_ISDIR(mode);
+static int cached_attrs (const struct stat *st) {
+  return !interposed || S_ISDIR(st->st_mode) || st->st_nlink <= 1;
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeout) {
   if (!real_reply_attr) resolve_replies();
   reply_attr_fn real = real_reply_attr;
-  return real(req, attr, attr != NULL && !cached_attrs(attr->st_mode) ? 0 : attr_timeout);
+  return real(req, attr, attr != NULL && !cached_attrs(attr) ? 0 : attr_timeout);
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
-  if (e == NULL || e->ino == 0 || cached_attrs(e->attr.st_mode)) return real(req, e);
+  if (e == NULL || e->ino == 0 || cached_attrs(&e->attr)) return real(req, e);
   struct fuse_entry_param copy = *e;
   copy.attr_timeout = 0;
   return real(req, &copy);
@@ -202,7 +203,7 @@ __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
   if (!real_reply_create) resolve_replies();
   reply_create_fn real = real_reply_create;
-  if (e == NULL || cached_attrs(e->attr.st_mode)) return real(req, e, fi);
+  if (e == NULL || cached_attrs(&e->attr)) return real(req, e, fi);
   struct fuse_entry_param copy = *e;
   copy.attr_timeout = 0;
   return real(req, &copy, fi);
