@@ -117,6 +117,7 @@ export class Engine {
       sealer: this.sealer
     })
     this.meta = new MetaStore(home.metaFile)
+    this.meta.checkpointInBackground()
     this.disk = new LogicalDisk({
       meta: this.meta,
       partners: this.partners,
@@ -466,6 +467,7 @@ export class Engine {
     await this.wb.close()
     await this.partners.close()
     await this.sealer.close()
+    await this.meta.stopCheckpointer()
     this.meta.close()
   }
 }

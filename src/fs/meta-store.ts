@@ -3,6 +3,8 @@
 // Every filesystem operation is one transaction, so a killed daemon leaves a consistent tree.
 import Database from 'better-sqlite3'
 import fs from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Worker } from 'node:worker_threads'
 
 export const ROOT_INO = 1
 
@@ -64,11 +66,17 @@ CREATE TABLE IF NOT EXISTS lagging (slot INTEGER NOT NULL, idx INTEGER NOT NULL,
 type Row = Record<string, unknown>
 
 const INODE_CACHE_ENTRIES = 50_000
+// SQLite's own checkpoint runs after the commit that brings the log to this many pages: SQLite's default
+// without a checkpointer thread, the larger mark with one, when it finds most pages copied already.
+const SQLITE_CHECKPOINT_PAGES = 1000
+export const WAL_CHECKPOINT_PAGES = 8192
+const CHECKPOINTER_FILE = fileURLToPath(new URL('./wal-checkpointer.js', import.meta.url))
 
 export class MetaStore {
   readonly db: Database.Database
   private readonly st: Record<string, Database.Statement>
   private readonly inodeCache = new Map<number, Inode>()
+  private checkpointer: Worker | null = null
 
   constructor (file: string | Buffer) {
     this.db = typeof file === 'string' ? new Database(file) : new Database(file)
@@ -126,7 +134,45 @@ export class MetaStore {
     }
   }
 
+  // Moves the copying of the write-ahead log into the database file to a thread of its own (see
+  // wal-checkpointer.ts). Only for a store in a file; without threads SQLite keeps checkpointing here.
+  checkpointInBackground (): void {
+    if (this.checkpointer || this.db.memory || !fs.existsSync(CHECKPOINTER_FILE)) return
+    let worker: Worker
+    try {
+      worker = new Worker(CHECKPOINTER_FILE, { workerData: { file: this.db.name } })
+    } catch {
+      return
+    }
+    worker.unref()
+    const fallBack = (): void => {
+      if (this.checkpointer !== worker) return
+      this.checkpointer = null
+      if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${SQLITE_CHECKPOINT_PAGES}`)
+    }
+    worker.on('error', fallBack)
+    worker.on('exit', fallBack)
+    this.checkpointer = worker
+    this.db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`)
+  }
+
+  // Stops the checkpointer thread after its connection closed, so that closing this one, the last, leaves
+  // the database file complete.
+  async stopCheckpointer (): Promise<void> {
+    const worker = this.checkpointer
+    if (!worker) return
+    this.checkpointer = null
+    const gone = new Promise<void>(resolve => worker.once('exit', () => resolve()))
+    worker.postMessage('close')
+    const timer = setTimeout(() => { void worker.terminate() }, 5000)
+    await gone
+    clearTimeout(timer)
+    if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${SQLITE_CHECKPOINT_PAGES}`)
+  }
+
   close (): void {
+    void this.checkpointer?.terminate()
+    this.checkpointer = null
     this.db.close()
   }
 
