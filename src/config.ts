@@ -57,6 +57,8 @@ export const MAX_FILE_BYTES = 2 ** 50
 
 // Waiting for the daemon: mount readiness and control requests.
 export const DAEMON_START_TIMEOUT_MS = 30_000
+// How long a starting daemon waits for the DHT before it mounts anyway (the join goes on in the background).
+export const DHT_JOIN_WAIT_MS = 5000
 export const CONTROL_TIMEOUT_MS = 10 * 60_000
 
 // Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner

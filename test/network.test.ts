@@ -1,8 +1,10 @@
 // The network around the partners, on loopback with a local bootstrap node: a key without an agreement gets
 // nothing, partners add refuses what cannot work, sync --timeout, blocks a partner missed follow it when it
-// returns, a partner that restored gets its share back, and the demo starts and stops everything.
+// returns, a partner that restored gets its share back, the demo starts and stops everything, and a
+// bootstrap node that does not answer does not keep a mount from coming up.
 import test from 'brittle'
 import crypto from 'node:crypto'
+import dgram from 'node:dgram'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -149,4 +151,37 @@ test('coopfs demo starts a bootstrap node and partners, mounts, and unmount stop
   const alive = pids.filter(running)
   t.alike(alive, [], 'the daemon and every partner stopped')
   t.absent(fs.existsSync(path.dirname(home)), 'the demo folder is gone')
+})
+
+test('a bootstrap node that never answers does not keep the mount from coming up', { timeout: 300_000 }, async t => {
+  // A UDP socket on loopback that takes every packet and answers none: a DHT bootstrapping through it
+  // waits out its timeouts, like a machine whose network is down.
+  const hole = dgram.createSocket('udp4')
+  hole.on('message', () => {})
+  await new Promise<void>(resolve => hole.bind(0, HOST, () => resolve()))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coopfs-offline-'))
+  const home = path.join(dir, 'home')
+  const mnt = path.join(dir, 'mnt')
+  fs.mkdirSync(mnt)
+  t.teardown(async () => {
+    await unmountQuietly(mnt)
+    hole.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  const init = await cli(['init', '--home', home, '--bootstrap', `${HOST}:${hole.address().port}`, '--host', HOST])
+  t.is(init.code, 0, init.stderr)
+  const m = await cli(['mount', mnt, '--home', home])
+  t.is(m.code, 0, m.stderr)
+  const log = fs.readFileSync(path.join(home, 'daemon.log'), 'utf8')
+  t.ok(/did not answer within \d+ s; going on/.test(log), 'the daemon went on without the DHT')
+  fs.writeFileSync(path.join(mnt, 'offline.txt'), 'written while offline')
+  t.is(fs.readFileSync(path.join(mnt, 'offline.txt'), 'utf8'), 'written while offline')
+  const st = await status(home)
+  t.is(st.partnersOnline, 0, 'no partner is reachable')
+  t.ok(st.bytesPending > 0, 'the file waits in the write-back store')
+  const pid = st.pid as number
+  await unmount(mnt)
+  t.absent(running(pid), 'the daemon stopped')
+  t.is((await cli(['mount', mnt, '--home', home])).code, 0)
+  t.is(fs.readFileSync(path.join(mnt, 'offline.txt'), 'utf8'), 'written while offline', 'the file is there after a remount')
 })

@@ -76,6 +76,7 @@ type Dht = HyperDHT & {
   connect (key: Buffer, opts: { keyPair: { publicKey: Buffer, secretKey: Buffer } }): any
   announce (topic: Buffer, keyPair: { publicKey: Buffer, secretKey: Buffer }): DhtQuery
   lookup (topic: Buffer): DhtQuery
+  toArray (): Array<{ host: string, port: number }>
 }
 
 export class NetNode extends EventEmitter {
@@ -117,10 +118,33 @@ export class NetNode extends EventEmitter {
     }) as Dht
   }
 
-  async start (): Promise<void> {
+  // Joins the DHT and starts taking connections, waiting at most waitMs for that: on a machine that is
+  // offline, or whose bootstrap nodes do not answer (or whose names do not resolve), the first round of
+  // the DHT's bootstrap takes 12 s or more, and that must not hold up a mount. A join not finished by then
+  // goes on in the background; 'joined' tells when it ends, with the number of DHT nodes that answered.
+  // Resolves to whether it finished in time; fails if the join failed in that time.
+  async start (waitMs = Infinity): Promise<boolean> {
+    const joining = this.join()
+    joining.then(() => { this.emit('joined', this.dht.toArray().length) }, err => { this.emit('join-failed', err) })
+    if (waitMs === Infinity) {
+      await joining
+      return true
+    }
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(false), waitMs) })
+    try {
+      return await Promise.race([joining.then(() => true), late])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  private async join (): Promise<void> {
     await this.dht.ready()
+    if (this.destroyed) return
     this.server = this.dht.createServer({ firewall: key => this.destroyed || !this.opts.allow(key) }, socket => this.onInbound(socket))
     await this.server.listen(this.opts.keyPair)
+    if (this.destroyed) return
     this.announcer = setInterval(() => {
       for (const t of this.topics.values()) this.announceOnce(t)
     }, ANNOUNCE_EVERY_MS)

@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { EventEmitter } from 'node:events'
 import { CoopError } from '../errors.js'
-import { BLOCK_SIZE_BYTES, PING_INTERVAL_MS, PING_TIMEOUT_MS, QUOTA_FACTOR, QUOTA_WINDOW_MS, REQUEST_TIMEOUT_MS, RESTORE_WINDOW_MS } from '../config.js'
+import { BLOCK_SIZE_BYTES, DHT_JOIN_WAIT_MS, PING_INTERVAL_MS, PING_TIMEOUT_MS, QUOTA_FACTOR, QUOTA_WINDOW_MS, REQUEST_TIMEOUT_MS, RESTORE_WINDOW_MS } from '../config.js'
 import { keyedHash } from '../crypto/seal.js'
 import type { Keys } from '../crypto/keys.js'
 import { BLOCK_HEADER_BYTES } from '../stripe/block.js'
@@ -115,7 +115,16 @@ export class PartnerService extends EventEmitter {
       this.checkLink(peer.hex)
     })
     this.net.on('peer-closed', (peer: Peer) => this.emit('offline', peer.hex))
-    await this.net.start()
+    let late = false
+    this.net.on('joined', (answered: number) => {
+      if (answered === 0) this.log('no DHT node answered: partners are out of reach until one does (the DHT keeps trying)')
+      else if (late) this.log(`joined the DHT (${answered} nodes answered)`)
+    })
+    this.net.on('join-failed', (err: Error) => { if (late) this.log(`joining the DHT failed: ${err.message}`) })
+    if (!await this.net.start(DHT_JOIN_WAIT_MS)) {
+      late = true
+      this.log(`the DHT did not answer within ${DHT_JOIN_WAIT_MS / 1000} s; going on while it joins in the background`)
+    }
     for (const a of this.agreements) this.track(a)
     this.pinger = setInterval(() => { this.pingAll() }, PING_INTERVAL_MS)
     this.pinger.unref()
