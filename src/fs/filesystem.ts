@@ -245,7 +245,7 @@ export class Filesystem {
   private attrOf (ino: number): Attr {
     const inode = this.inode(ino)
     let blocks = 0
-    if ((inode.mode & S_IFMT) === S_IFREG) {
+    if ((inode.mode & S_IFMT) === S_IFREG && inode.size > 0) {
       const stored = this.meta.extentCount(ino) + this.meta.dirtyCount(ino)
       blocks = Math.min(stored * this.chunkSize, Math.ceil(inode.size / 4096) * 4096) / 512
     } else if (isDir(inode.mode)) {
@@ -602,6 +602,8 @@ export class Filesystem {
   create (path: string, mode: number): number {
     const { parent, name } = this.parentOf(path)
     const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777)))
+    // libfuse asks for the new file's attributes by path right away.
+    this.remember(path, ino)
     this.onChange()
     return this.addHandle(ino, 0)
   }
