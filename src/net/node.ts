@@ -125,7 +125,9 @@ export class NetNode extends EventEmitter {
   // Resolves to whether it finished in time; fails if the join failed in that time.
   async start (waitMs = Infinity): Promise<boolean> {
     const joining = this.join()
-    joining.then(() => { this.emit('joined', this.dht.toArray().length) }, err => { this.emit('join-failed', err) })
+    joining.then(() => {
+      if (!this.destroyed) this.emit('joined', this.dht.toArray().length)
+    }, err => { this.emit('join-failed', err) })
     if (waitMs === Infinity) {
       await joining
       return true
