@@ -18,6 +18,7 @@
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <node_api.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -168,6 +169,10 @@ static void *libfuse_symbol (const char *name, const char *version) {
   return fn ? fn : dlvsym(RTLD_NEXT, name, version);
 }
 
+typedef void (*process_buf_fn) (struct fuse_session *, const struct fuse_buf *, struct fuse_chan *);
+typedef int (*notify_inval_inode_fn) (struct fuse_chan *, fuse_ino_t, off_t, off_t);
+static process_buf_fn real_process_buf = NULL;
+static notify_inval_inode_fn notify_inval_inode = NULL;
 static reply_attr_fn real_reply_attr = NULL;
 static reply_entry_fn real_reply_entry = NULL;
 static reply_create_fn real_reply_create = NULL;
@@ -176,6 +181,45 @@ static void resolve_replies (void) {
   if (!real_reply_attr) real_reply_attr = (reply_attr_fn) libfuse_symbol("fuse_reply_attr", "FUSE_2.4");
   if (!real_reply_entry) real_reply_entry = (reply_entry_fn) libfuse_symbol("fuse_reply_entry", "FUSE_2.4");
   if (!real_reply_create) real_reply_create = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
+  if (!real_process_buf) real_process_buf = (process_buf_fn) libfuse_symbol("fuse_session_process_buf", "FUSE_2.9");
+  if (!notify_inval_inode) notify_inval_inode = (notify_inval_inode_fn) libfuse_symbol("fuse_lowlevel_notify_inval_inode", "FUSE_2.8");
+}
+
+// A link made from a name the kernel holds attributes for. Linux (6.x) only updates that name's cached
+// ctime on FUSE_LINK, and the new name gets a kernel inode of its own, so the source name would show its
+// old link count until its attributes expired. libfuse's loop hands every request to
+// fuse_session_process_buf through its PLT: this one notes, for the thread, the source node of a
+// FUSE_LINK, and the reply to it (fuse_reply_entry, on the same thread, before the kernel hears of the
+// link) first tells the kernel to drop that node's attributes. Layouts from the kernel's FUSE ABI.
+#define KERNEL_FUSE_LINK 13
+struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64_t nodeid; uint32_t uid; uint32_t gid; uint32_t pid; uint32_t padding; };
+struct kernel_link_in { uint64_t oldnodeid; };
+static __thread uint64_t link_source = 0;
+static __thread struct fuse_chan *link_chan = NULL;
+
+__attribute__((visibility("default")))
+void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *buf, struct fuse_chan *ch) {
+  if (!real_process_buf) resolve_replies();
+  process_buf_fn real = real_process_buf;
+  if (!real) abort();
+  if (took_over && buf != NULL && !(buf->flags & FUSE_BUF_IS_FD) && buf->mem != NULL &&
+      buf->size >= sizeof(struct kernel_in_header) + sizeof(struct kernel_link_in)) {
+    const struct kernel_in_header *in = (const struct kernel_in_header *) buf->mem;
+    if (in->opcode == KERNEL_FUSE_LINK) {
+      const struct kernel_link_in *arg = (const struct kernel_link_in *) (in + 1);
+      link_source = arg->oldnodeid;
+      link_chan = ch;
+    }
+  }
+  real(se, buf, ch);
+  link_source = 0;
+  link_chan = NULL;
+}
+
+static void drop_link_source (void) {
+  if (link_source != 0 && link_chan != NULL && notify_inval_inode != NULL) notify_inval_inode(link_chan, link_source, -1, 0);
+  link_source = 0;
+  link_chan = NULL;
 }
 
 static int cached_attrs (const struct stat *st) {
@@ -193,6 +237,7 @@ __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
+  drop_link_source();
   if (e == NULL || e->ino == 0 || cached_attrs(&e->attr)) return real(req, e);
   struct fuse_entry_param copy = *e;
   copy.attr_timeout = 0;
@@ -232,7 +277,8 @@ static napi_value in_force (napi_env env, napi_callback_info info) {
     dlsym(RTLD_DEFAULT, "fuse_new") == (void *) &fuse_new &&
     dlsym(RTLD_DEFAULT, "fuse_reply_attr") == (void *) &fuse_reply_attr &&
     dlsym(RTLD_DEFAULT, "fuse_reply_entry") == (void *) &fuse_reply_entry &&
-    dlsym(RTLD_DEFAULT, "fuse_reply_create") == (void *) &fuse_reply_create;
+    dlsym(RTLD_DEFAULT, "fuse_reply_create") == (void *) &fuse_reply_create &&
+    dlsym(RTLD_DEFAULT, "fuse_session_process_buf") == (void *) &fuse_session_process_buf;
   napi_value result;
   napi_get_boolean(env, ok, &result);
   return result;

@@ -323,7 +323,10 @@ test('hard links share one inode number and count their links', async t => {
   const m = (p: string): string => path.join(s.mnt, p)
   fs.writeFileSync(m('a'), 'shared')
   fs.mkdirSync(m('sub'))
+  // Looked at while it has one name (so the kernel may keep its attributes), then linked from that name.
+  t.is(fs.statSync(m('a')).nlink, 1)
   fs.linkSync(m('a'), m('b'))
+  t.is(fs.statSync(m('a')).nlink, 2, 'the name a link was made from counts it at once')
   fs.linkSync(m('a'), m('sub/c'))
   const a = fs.statSync(m('a'))
   const c = fs.statSync(m('sub/c'))
