@@ -222,8 +222,12 @@ static void drop_link_source (void) {
   link_chan = NULL;
 }
 
+// The filesystem's mark (SHARED_NODES_DEV in src/fs/filesystem.ts) on a file with a hidden name beside its
+// visible one: two kernel inodes, though the link count says one name. libfuse does not pass st_dev on.
+#define SHARED_NODES_DEV 1
+
 static int cached_attrs (const struct stat *st) {
-  return !interposed || S_ISDIR(st->st_mode) || st->st_nlink <= 1;
+  return !interposed || S_ISDIR(st->st_mode) || (st->st_nlink <= 1 && st->st_dev != SHARED_NODES_DEV);
 }
 
 __attribute__((visibility("default")))

@@ -311,6 +311,23 @@ test('an open file that is unlinked keeps its data for the open descriptor, and 
   t.is(fs.readFileSync(m('other'), 'utf8'), 'L', 'an open file with another link keeps that link')
   t.alike(fs.readdirSync(s.mnt).sort(), ['other', 'target'])
 
+  // An open name of a hard-linked file, unlinked: the link count says one name, but the open descriptor
+  // (libfuse's hidden name) and the other name are two kernel inodes, and each sees what the other writes.
+  fs.writeFileSync(m('p1'), 'P')
+  const fd2 = fs.openSync(m('p1'), 'r+')
+  fs.linkSync(m('p1'), m('p2'))
+  fs.unlinkSync(m('p1'))
+  t.is(fs.statSync(m('p2')).nlink, 1, 'one name left')
+  fs.writeSync(fd2, Buffer.alloc(10_000, 1), 0, 10_000, 0)
+  fs.fchmodSync(fd2, 0o600)
+  const seen = fs.statSync(m('p2'))
+  t.alike([seen.size, seen.mode & 0o777], [10_000, 0o600], 'a write and a chmod through the descriptor show through the name')
+  t.is(fs.readFileSync(m('p2')).length, 10_000)
+  fs.writeFileSync(m('p2'), 'shorter')
+  t.is(fs.fstatSync(fd2).size, 7, 'and a write through the name shows through the descriptor')
+  fs.closeSync(fd2)
+  fs.unlinkSync(m('p2'))
+
   // libfuse's hidden names are only its own business: a user may use such a name like any other.
   const lookalike = '.fuse_hidden0000000a00000001'
   fs.renameSync(m('other'), m(lookalike))

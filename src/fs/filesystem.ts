@@ -32,7 +32,13 @@ const XATTR_NAMESPACES = ['user.', 'trusted.', 'security.']
 export interface Attr extends Inode {
   blocks: number
   blksize: number
+  // Set to SHARED_NODES_DEV for a file that has a hidden name besides its visible ones (see attrOf).
+  dev?: number
 }
+
+// libfuse does not pass st_dev on to the kernel; the preload addon reads this value there as "this file has
+// more kernel inodes than its link count says: do not let the kernel cache its attributes".
+export const SHARED_NODES_DEV = 1
 
 export interface StatFs {
   bsize: number
@@ -251,7 +257,16 @@ export class Filesystem {
     } else if (isDir(inode.mode)) {
       blocks = 8
     }
-    return { ...inode, blocks, blksize: 4096 }
+    const attr: Attr = { ...inode, blocks, blksize: 4096 }
+    // An open name of a hard-linked file that was unlinked lives on as libfuse's hidden name, a kernel inode
+    // of its own beside the visible names, which the link count does not include.
+    if (inode.nlink > 0 && this.hidden.size > 0 && this.hasHiddenName(ino)) attr.dev = SHARED_NODES_DEV
+    return attr
+  }
+
+  private hasHiddenName (ino: number): boolean {
+    for (const h of this.hidden.values()) if (h === ino) return true
+    return false
   }
 
   chmod (path: string, mode: number): void {

@@ -127,7 +127,9 @@ export class NetNode extends EventEmitter {
     const joining = this.join()
     joining.then(() => {
       if (!this.destroyed) this.emit('joined', this.dht.toArray().length)
-    }, err => { this.emit('join-failed', err) })
+    }, err => {
+      if (!this.destroyed) this.emit('join-failed', err)
+    })
     if (waitMs === Infinity) {
       await joining
       return true
