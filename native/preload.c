@@ -237,25 +237,30 @@ int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeou
   return real(req, attr, attr != NULL && !cached_attrs(attr) ? 0 : attr_timeout);
 }
 
+// The entry to send: e itself, or, for attributes the kernel must not keep, a copy in copy with no
+// attribute timeout (a negative entry, ino 0, carries no attributes).
+static const struct fuse_entry_param *entry_to_send (const struct fuse_entry_param *e, struct fuse_entry_param *copy) {
+  if (e == NULL || e->ino == 0 || cached_attrs(&e->attr)) return e;
+  *copy = *e;
+  copy->attr_timeout = 0;
+  return copy;
+}
+
 __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
   drop_link_source();
-  if (e == NULL || e->ino == 0 || cached_attrs(&e->attr)) return real(req, e);
-  struct fuse_entry_param copy = *e;
-  copy.attr_timeout = 0;
-  return real(req, &copy);
+  struct fuse_entry_param copy;
+  return real(req, entry_to_send(e, &copy));
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
   if (!real_reply_create) resolve_replies();
   reply_create_fn real = real_reply_create;
-  if (e == NULL || cached_attrs(&e->attr)) return real(req, e, fi);
-  struct fuse_entry_param copy = *e;
-  copy.attr_timeout = 0;
-  return real(req, &copy, fi);
+  struct fuse_entry_param copy;
+  return real(req, entry_to_send(e, &copy), fi);
 }
 
 // Puts this addon in the global symbol scope, ahead of any libfuse loaded after it, so that fuse-native's
