@@ -124,23 +124,19 @@ export class NetNode extends EventEmitter {
   // goes on in the background; 'joined' tells when it ends, with the number of DHT nodes that answered.
   // Resolves to whether it finished in time; fails if the join failed in that time.
   async start (waitMs = Infinity): Promise<boolean> {
-    const joining = this.join()
-    joining.then(() => {
+    let joined = false
+    let failure: unknown = null
+    const joining = this.join().then(() => {
+      joined = true
       if (!this.destroyed) this.emit('joined', this.dht.toArray().length)
     }, err => {
+      failure = err
       if (!this.destroyed) this.emit('join-failed', err)
     })
-    if (waitMs === Infinity) {
-      await joining
-      return true
-    }
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(false), waitMs) })
-    try {
-      return await Promise.race([joining.then(() => true), late])
-    } finally {
-      clearTimeout(timer)
-    }
+    if (waitMs === Infinity) await joining
+    else await bounded(joining, waitMs)
+    if (failure !== null) throw failure
+    return joined
   }
 
   private async join (): Promise<void> {
