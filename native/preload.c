@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -192,10 +193,90 @@ static void resolve_replies (void) {
 // FUSE_LINK, and the reply to it (fuse_reply_entry, on the same thread, before the kernel hears of the
 // link) first tells the kernel to drop that node's attributes. Layouts from the kernel's FUSE ABI.
 #define KERNEL_FUSE_LINK 13
+#define KERNEL_FUSE_INIT 26
 struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64_t nodeid; uint32_t uid; uint32_t gid; uint32_t pid; uint32_t padding; };
 struct kernel_link_in { uint64_t oldnodeid; };
 static __thread uint64_t link_source = 0;
 static __thread struct fuse_chan *link_chan = NULL;
+
+// Large writes. libfuse 2 speaks FUSE protocol 7.19, from before the kernel could take requests of more
+// than 32 pages, so a sequential write reaches the filesystem 128 KiB at a time: one trip through the FUSE
+// thread and the daemon's main thread for every 128 KiB. Since 7.28 (Linux 4.20) the kernel offers
+// FUSE_MAX_PAGES in its INIT request: a daemon that answers with the flag and a max_pages takes writes
+// (and reads) of up to that many pages. The flag and field come after the part of the INIT reply libfuse 2
+// knows, so this addon adds them: fuse_chan_new gives the channel a receive buffer with room for
+// BIG_REQUEST_BYTES of data (libfuse sizes every thread's buffer from it, and its max_write follows from
+// it), fuse_session_process_buf notes an INIT request whose kernel offers the flag, and fuse_chan_send,
+// which carries libfuse's reply to it on the same thread, sends the longer reply with the flag set. The
+// kernel keeps the lower of max_pages and its own limit (256 pages by default). Nothing else of the
+// protocol changes: the reply still names 7.19.
+#define BIG_REQUEST_BYTES (1024 * 1024)
+#define KERNEL_FUSE_MAX_PAGES (1u << 22)
+struct kernel_init_in { uint32_t major; uint32_t minor; uint32_t max_readahead; uint32_t flags; };
+struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
+// The INIT reply as of 7.28; libfuse 2 sends the first 24 bytes (up to max_write).
+struct kernel_init_out {
+  uint32_t major; uint32_t minor; uint32_t max_readahead; uint32_t flags;
+  uint16_t max_background; uint16_t congestion_threshold; uint32_t max_write;
+  uint32_t time_gran; uint16_t max_pages; uint16_t map_alignment; uint32_t flags2; uint32_t unused[7];
+};
+#define LIBFUSE_INIT_OUT_BYTES 24
+static __thread uint64_t big_init_unique = 0;
+// The largest request libfuse's buffers were made for, 0 until fuse_chan_new came here.
+static size_t big_request_bytes = 0;
+// What the INIT reply offered the kernel (max_pages in bytes), 0 until it was sent.
+static size_t offered_request_bytes = 0;
+
+typedef struct fuse_chan *(*chan_new_fn) (struct fuse_chan_ops *, int, size_t, void *);
+typedef int (*chan_send_fn) (struct fuse_chan *, const struct iovec *, size_t);
+static chan_send_fn real_chan_send = NULL;
+
+__attribute__((visibility("default")))
+struct fuse_chan *fuse_chan_new (struct fuse_chan_ops *op, int fd, size_t bufsize, void *data) {
+  chan_new_fn real = (chan_new_fn) libfuse_symbol("fuse_chan_new", "FUSE_2.6");
+  if (!real) abort();
+  if (!real_chan_send) real_chan_send = (chan_send_fn) libfuse_symbol("fuse_chan_send", "FUSE_2.4");
+  // libfuse keeps 4 KiB of the buffer for the request's header (FUSE_BUFFER_HEADER_SIZE in later libfuse).
+  size_t wanted = BIG_REQUEST_BYTES + 4096;
+  if (interposed && real_chan_send && bufsize < wanted) {
+    struct fuse_chan *ch = real(op, fd, wanted, data);
+    if (ch) big_request_bytes = BIG_REQUEST_BYTES;
+    return ch;
+  }
+  return real(op, fd, bufsize, data);
+}
+
+static void note_init (const struct kernel_in_header *in, size_t size) {
+  if (big_request_bytes == 0 || size < sizeof(*in) + sizeof(struct kernel_init_in)) return;
+  const struct kernel_init_in *arg = (const struct kernel_init_in *) (in + 1);
+  if (arg->major == 7 && (arg->flags & KERNEL_FUSE_MAX_PAGES)) big_init_unique = in->unique;
+}
+
+__attribute__((visibility("default")))
+int fuse_chan_send (struct fuse_chan *ch, const struct iovec iov[], size_t count) {
+  if (!real_chan_send) real_chan_send = (chan_send_fn) libfuse_symbol("fuse_chan_send", "FUSE_2.4");
+  chan_send_fn real = real_chan_send;
+  if (!real) abort();
+  if (big_init_unique == 0 || count != 2 || iov[0].iov_len != sizeof(struct kernel_out_header) ||
+      iov[1].iov_len != LIBFUSE_INIT_OUT_BYTES) return real(ch, iov, count);
+  const struct kernel_out_header *head = (const struct kernel_out_header *) iov[0].iov_base;
+  if (head->unique != big_init_unique || head->error != 0) return real(ch, iov, count);
+  big_init_unique = 0;
+  struct kernel_init_out out;
+  memset(&out, 0, sizeof(out));
+  memcpy(&out, iov[1].iov_base, LIBFUSE_INIT_OUT_BYTES);
+  size_t page = (size_t) getpagesize();
+  size_t bytes = out.max_write < big_request_bytes ? out.max_write : big_request_bytes;
+  if (bytes <= 32 * page) return real(ch, iov, count);
+  out.flags |= KERNEL_FUSE_MAX_PAGES;
+  out.max_pages = (uint16_t) (bytes / page);
+  struct kernel_out_header longer = *head;
+  longer.len = sizeof(longer) + sizeof(out);
+  struct iovec sent[2] = { { &longer, sizeof(longer) }, { &out, sizeof(out) } };
+  int r = real(ch, sent, 2);
+  if (r == 0) offered_request_bytes = (size_t) out.max_pages * page;
+  return r;
+}
 
 __attribute__((visibility("default")))
 void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *buf, struct fuse_chan *ch) {
@@ -211,6 +292,8 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
       link_chan = ch;
     }
   }
+  if (buf != NULL && !(buf->flags & FUSE_BUF_IS_FD) && buf->mem != NULL && buf->size >= sizeof(struct kernel_in_header) &&
+      ((const struct kernel_in_header *) buf->mem)->opcode == KERNEL_FUSE_INIT) note_init((const struct kernel_in_header *) buf->mem, buf->size);
   real(se, buf, ch);
   link_source = 0;
   link_chan = NULL;
@@ -301,8 +384,19 @@ static napi_value took_over_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// The largest read or write request the INIT reply offered the kernel, 0 when it did not offer more than
+// libfuse 2 does (32 pages).
+static napi_value request_bytes_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+  napi_create_double(env, (double) offered_request_bytes, &result);
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "requestBytes", NAPI_AUTO_LENGTH, request_bytes_js, NULL, &fn);
+  napi_set_named_property(env, exports, "requestBytes", fn);
   napi_create_function(env, "inForce", NAPI_AUTO_LENGTH, in_force, NULL, &fn);
   napi_set_named_property(env, exports, "inForce", fn);
   napi_create_function(env, "tookOver", NAPI_AUTO_LENGTH, took_over_js, NULL, &fn);

@@ -5,6 +5,7 @@
 import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { init, mount, unmount, status, sync, sh, run, isMounted, killDaemon, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
 
@@ -489,7 +490,7 @@ print(json.dumps([st.st_atime_ns, st.st_mtime_ns]))`, m('f'))
 // so the preload addon's fuse_new (native/preload.c) does.
 test('touch -a and touch -m change one time and keep the other', async t => {
   const s = await mounted(t)
-  t.alike((await status(s.home)).fuse, { addon: true }, 'status: the preload addon stands between fuse-native and libfuse')
+  t.is((await status(s.home)).fuse?.addon, true, 'status: the preload addon stands between fuse-native and libfuse')
   const f = path.join(s.mnt, 'f')
   fs.writeFileSync(f, 'x')
   const old = new Date('2001-01-01T00:00:00Z')
@@ -576,6 +577,41 @@ test('statfs: df shows the logical disk size, and free space falls after writing
   fs.unlinkSync(path.join(s.mnt, 'big'))
   const freed = fs.statfsSync(s.mnt)
   t.ok(freed.bfree > packed.bfree, 'deleting gives space back')
+})
+
+// Linux 4.20 and later take requests of up to 1 MiB from a daemon that asks for them (the preload addon
+// does, for libfuse 2): one write(2) of 1 MiB reaches the filesystem whole, spanning eight chunks.
+test('requests of up to 1 MiB: single large writes and reads at any offset, through fsync and kill -9', async t => {
+  const s = await mounted(t)
+  const [major, minor] = os.release().split('.').map(Number)
+  const bigKernel = major > 4 || (major === 4 && minor >= 20)
+  const fuseInfo = (await status(s.home)).fuse
+  t.is(fuseInfo?.requestBytes, bigKernel && fuseInfo?.addon ? 1024 * 1024 : 128 * 1024, 'status: the largest request the kernel may send')
+  const file = path.join(s.mnt, 'big.bin')
+  const mirror = crypto.randomBytes(40 * 1024 * 1024 + 12345)
+  const fd = fs.openSync(file, 'w+')
+  // Whole 1 MiB writes, then writes of odd sizes at odd offsets across chunk boundaries.
+  for (let pos = 0; pos < mirror.length; pos += 1024 * 1024) fs.writeSync(fd, mirror, pos, Math.min(1024 * 1024, mirror.length - pos), pos)
+  for (const [pos, len] of [[3 * CHUNK - 5, 1024 * 1024], [7, 1024 * 1024 + 3], [mirror.length - 1000, 1000], [5 * 1024 * 1024 + 1, 2 * 1024 * 1024 + 17]]) {
+    crypto.randomFillSync(mirror, pos, len)
+    fs.writeSync(fd, mirror, pos, len, pos)
+  }
+  const back = Buffer.alloc(1024 * 1024 + 99)
+  t.is(fs.readSync(fd, back, 0, back.length, CHUNK + 1), back.length, 'a read of more than 1 MiB returns all of it')
+  t.ok(back.equals(mirror.subarray(CHUNK + 1, CHUNK + 1 + back.length)), 'with the bytes written')
+  fs.fsyncSync(fd)
+  // fsync alone made the file durable: the daemon dies with the descriptor still open.
+  await killDaemon(s, 10_000)
+  try { fs.closeSync(fd) } catch {}
+  await mount(s)
+  t.ok(fs.readFileSync(file).equals(mirror), 'the whole file is there after kill -9 and mount')
+  await sync(s.home)
+  const packed = Buffer.alloc(3 * 1024 * 1024)
+  const rfd = fs.openSync(file, 'r')
+  t.is(fs.readSync(rfd, packed, 0, packed.length, 999_999), packed.length)
+  fs.closeSync(rfd)
+  t.ok(packed.equals(mirror.subarray(999_999, 999_999 + packed.length)), 'and reads back once packed into the log')
+  await unmount(s.mnt)
 })
 
 test('fsync of a file and of a directory return, and fsynced data survives kill -9 of the daemon', async t => {

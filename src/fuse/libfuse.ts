@@ -16,6 +16,7 @@ interface Preload {
   interpose?: () => boolean
   tookOver?: () => boolean
   inForce?: () => boolean
+  requestBytes?: () => number
 }
 
 let preloaded: Preload | null = null
@@ -35,12 +36,16 @@ export function preloadActive (): boolean {
   return interposed
 }
 
+// The largest read or write request libfuse 2 lets the kernel send: 32 pages.
+const LIBFUSE_REQUEST_BYTES = 128 * 1024
+
 // For status: whether the preload addon stands between fuse-native and libfuse, and if not, what that
-// costs. Meaningful once a mount was made.
-export function fuseStatus (): { addon: boolean, note?: string } {
-  if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel' }
-  if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored' }
-  return { addon: true }
+// costs; and the largest request the kernel may send. Meaningful once a mount was made.
+export function fuseStatus (): { addon: boolean, note?: string, requestBytes: number } {
+  const requestBytes = (interposed ? preloaded?.requestBytes?.() : 0) || LIBFUSE_REQUEST_BYTES
+  if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel', requestBytes }
+  if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored', requestBytes }
+  return { addon: true, requestBytes }
 }
 
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.
