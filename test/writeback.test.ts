@@ -157,3 +157,21 @@ test('work that waits for a commit runs after the outermost one, and not at all 
   })
   t.alike(ran, ['outside', 'nested', 'outer'])
 })
+
+test('a large write starts its way to the disk every 8 MiB, one flush at a time, without changing what reads back', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 30, meta)
+  const MiB = Buffer.alloc(1024 * 1024, 7)
+  for (let i = 0; i < 7; i++) wb.write(3, MiB, i * MiB.length)
+  t.is(wb.flushesAhead, 0, 'nothing before 8 MiB')
+  wb.write(3, MiB, 7 * MiB.length)
+  t.is(wb.flushesAhead, 1, 'one flush once 8 MiB were written')
+  t.alike(await wb.read(3, 8 * MiB.length - 2, 4), Buffer.from([7, 7, 0, 0]), 'data and hole read back as written')
+  // Removing the file while its flush may still run: the flush goes quietly and a new file starts clean.
+  await wb.remove(3)
+  for (let i = 0; i < 8; i++) wb.write(3, Buffer.alloc(1024 * 1024, 9), i * MiB.length)
+  t.ok(wb.flushesAhead >= 1 && wb.flushesAhead <= 2, 'at most one more flush for the new file')
+  await wb.sync(3)
+  t.alike(await wb.read(3, 0, 3), Buffer.from([9, 9, 9]), 'the new file reads back its own data')
+  await wb.close()
+})

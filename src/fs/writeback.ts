@@ -18,6 +18,9 @@ const MAX_OPEN_FILES = 256
 // Removed files are renamed <ino>.gone<n> and unlinked in the background; a restart deletes leftovers.
 const GONE_SUFFIX = '.gone'
 export const INLINE_MAX_BYTES = 32 * 1024
+// A file's data starts on its way to the disk once this much was written to it since its last flush began
+// (see flushAhead).
+const FLUSH_AHEAD_BYTES = 8 * 1024 * 1024
 
 export class WriteBack {
   readonly dir: string
@@ -36,6 +39,11 @@ export class WriteBack {
   private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement }
   private waiters: Array<() => void> = []
   private goneSeq = 0
+  // Bytes written to an inode's file since its last flush ahead began, and the inodes with one under way.
+  private readonly unflushed = new Map<number, number>()
+  private readonly flushing = new Set<number>()
+  // How many flushes ahead were started (for tests).
+  flushesAhead = 0
 
   constructor (dir: string, limitBytes: number, meta: MetaStore) {
     this.dir = dir
@@ -135,6 +143,23 @@ export class WriteBack {
     }
     const fd = this.files.has(ino) ? this.fd(ino) : this.toFile(ino)
     writeAll(fd, buf, pos)
+    const unflushed = (this.unflushed.get(ino) ?? 0) + buf.length
+    if (unflushed < FLUSH_AHEAD_BYTES || this.flushing.has(ino)) {
+      this.unflushed.set(ino, unflushed)
+      return
+    }
+    this.unflushed.delete(ino)
+    this.flushAhead(ino)
+  }
+
+  // A large write's data goes to the disk while the writer goes on, one fdatasync at a time per file, so
+  // that an fsync at its end finds little left to write: without it the whole file waited in the page
+  // cache for the fsync (about 2 s of a 4.5 s write and fsync of 1 GiB here). Nothing waits for it, and it
+  // changes nothing of what fsync and close promise.
+  private flushAhead (ino: number): void {
+    this.flushing.add(ino)
+    this.flushesAhead++
+    this.sync(ino).catch(() => {}).finally(() => this.flushing.delete(ino))
   }
 
   // Reads len bytes at pos; what the store does not hold reads as zeros.
@@ -222,6 +247,7 @@ export class WriteBack {
   }
 
   async remove (ino: number): Promise<void> {
+    this.unflushed.delete(ino)
     if (this.files.delete(ino)) {
       const fd = this.fds.get(ino)
       this.fds.delete(ino)
