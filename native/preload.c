@@ -15,6 +15,7 @@
 #define FUSE_USE_VERSION 29
 #define _FILE_OFFSET_BITS 64
 #include <dlfcn.h>
+#include <errno.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <node_api.h>
@@ -41,6 +42,7 @@ static int (*inner_create) (const char *, mode_t, struct fuse_file_info *) = NUL
 static int (*inner_mkdir) (const char *, mode_t) = NULL;
 static int (*inner_mknod) (const char *, mode_t, dev_t) = NULL;
 static int (*inner_symlink) (const char *, const char *) = NULL;
+static int (*inner_getxattr) (const char *, const char *, char *, size_t) = NULL;
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
 // On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
@@ -94,6 +96,19 @@ static int symlink_owned (const char *target, const char *path) {
   return r;
 }
 
+// Before every write to a regular file Linux asks the filesystem for the file's security.capability
+// attribute, to drop it if present (file_remove_privs; FUSE does not let the kernel remember the answer):
+// a round trip through the daemon's main thread per write request, one in seven of the requests a new
+// small file costs. While no file of the filesystem has that attribute (the daemon says so through
+// setNoCapabilities, and takes it back before storing one), the answer is given here: no such attribute.
+static volatile int no_capabilities = 0;
+#define CAPABILITY_XATTR "security.capability"
+
+static int getxattr_quick (const char *path, const char *name, char *value, size_t size) {
+  if (no_capabilities && name != NULL && strcmp(name, CAPABILITY_XATTR) == 0) return -ENODATA;
+  return inner_getxattr(path, name, value, size);
+}
+
 static int utimens_now (const char *path, const struct timespec tv[2]) {
   struct timespec t[2] = { tv[0], tv[1] };
   struct timespec now;
@@ -121,6 +136,7 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
     wrapped_ops.utimens = utimens_now;
     wrapped_ops.flag_utime_omit_ok = 1;
   }
+  if ((inner_getxattr = wrapped_ops.getxattr)) wrapped_ops.getxattr = getxattr_quick;
   inner_getattr = wrapped_ops.getattr;
   inner_chown = wrapped_ops.chown;
   if (inner_chown) {
@@ -393,8 +409,26 @@ static napi_value request_bytes_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// setNoCapabilities(true): no file has a security.capability attribute, so getxattr_quick may answer for
+// it; false: one may (called before one is stored).
+static napi_value set_no_capabilities (napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool absent = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_bool(env, argv[0], &absent) != napi_ok) {
+    napi_throw_type_error(env, NULL, "setNoCapabilities(absent) needs a boolean");
+    return NULL;
+  }
+  no_capabilities = absent ? 1 : 0;
+  __sync_synchronize();
+  return NULL;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "setNoCapabilities", NAPI_AUTO_LENGTH, set_no_capabilities, NULL, &fn);
+  napi_set_named_property(env, exports, "setNoCapabilities", fn);
   napi_create_function(env, "requestBytes", NAPI_AUTO_LENGTH, request_bytes_js, NULL, &fn);
   napi_set_named_property(env, exports, "requestBytes", fn);
   napi_create_function(env, "inForce", NAPI_AUTO_LENGTH, in_force, NULL, &fn);

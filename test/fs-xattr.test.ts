@@ -358,3 +358,30 @@ test('extended attributes survive sync, unmount and mount', async t => {
   t.alike(res[2], ['ok', hex('after the sync')])
   t.alike(res[3], ['ok', hex('D')])
 })
+
+// Linux asks for security.capability before every write and removes it when present (file_remove_privs);
+// the preload addon answers that question itself while no file has the attribute (native/preload.c), so
+// these check that it stops as soon as one is stored, and that a remount knows of stored ones.
+test('a write removes security.capability, as on any Linux filesystem, also after a remount', { skip: process.getuid?.() !== 0 }, async t => {
+  const s = await mounted(t)
+  const a = path.join(s.mnt, 'a')
+  const b = path.join(s.mnt, 'b')
+  fs.writeFileSync(a, 'a')
+  fs.writeFileSync(b, 'b')
+  // A version 2 capability set (CAP_NET_BIND_SERVICE permitted): the kernel checks the value's form.
+  const caps = Buffer.from('AQAAAgAEAAAAAAAAAAAAAAAAAAA=', 'base64').toString('hex')
+  t.alike(await one('get', a, 'security.capability'), ['ENODATA'], 'no attribute on a file without one')
+  t.alike(await one('set', b, 'security.capability', caps), ['ok', null])
+  t.alike(await one('get', b, 'security.capability'), ['ok', caps])
+  fs.appendFileSync(b, 'more')
+  t.alike(await one('get', b, 'security.capability'), ['ENODATA'], 'the write removed it')
+  t.alike(await one('set', b, 'security.capability', caps), ['ok', null])
+  await unmount(s.mnt)
+  await mount(s)
+  t.alike(await one('get', b, 'security.capability'), ['ok', caps], 'kept through the remount')
+  fs.appendFileSync(b, 'more')
+  t.alike(await one('get', b, 'security.capability'), ['ENODATA'], 'the first write after the remount removed it')
+  fs.appendFileSync(a, 'more')
+  t.is(fs.readFileSync(b, 'utf8'), 'bmoremore')
+  t.is(fs.readFileSync(a, 'utf8'), 'amore')
+})

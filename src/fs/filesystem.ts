@@ -582,6 +582,11 @@ export class Filesystem {
     return value
   }
 
+  // Whether any file has the extended attribute name.
+  anyHasXattr (name: string): boolean {
+    return this.meta.anyXattr(name)
+  }
+
   listxattr (path: string): string[] {
     return this.meta.listXattr(this.resolve(path)).filter(n => XATTR_NAMESPACES.some(ns => n.startsWith(ns)))
   }

@@ -108,6 +108,7 @@ export class MetaStore {
       delXattr: p('DELETE FROM xattrs WHERE ino = ? AND name = ?'),
       listXattr: p('SELECT name FROM xattrs WHERE ino = ? ORDER BY name'),
       delXattrs: p('DELETE FROM xattrs WHERE ino = ?'),
+      anyXattr: p('SELECT 1 FROM xattrs WHERE name = ? LIMIT 1'),
       getExtent: p('SELECT chunk FROM extents WHERE ino = ? AND blk = ?'),
       setExtent: p('INSERT OR REPLACE INTO extents (ino, blk, chunk) VALUES (?, ?, ?)'),
       delExtent: p('DELETE FROM extents WHERE ino = ? AND blk = ?'),
@@ -287,6 +288,11 @@ export class MetaStore {
 
   hasChildren (ino: number): boolean {
     return this.st.hasChildren.get(ino) !== undefined
+  }
+
+  // Whether any inode has an attribute of this name.
+  anyXattr (name: string): boolean {
+    return this.st.anyXattr.get(name) !== undefined
   }
 
   getXattr (ino: number, name: string): Buffer | undefined {

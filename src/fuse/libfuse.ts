@@ -17,6 +17,7 @@ interface Preload {
   tookOver?: () => boolean
   inForce?: () => boolean
   requestBytes?: () => number
+  setNoCapabilities?: (absent: boolean) => void
 }
 
 let preloaded: Preload | null = null
@@ -46,6 +47,13 @@ export function fuseStatus (): { addon: boolean, note?: string, requestBytes: nu
   if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel', requestBytes }
   if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored', requestBytes }
   return { addon: true, requestBytes }
+}
+
+// Tells the preload addon whether no file has a security.capability attribute, so that it may answer the
+// kernel's question for it before every write without asking the filesystem (native/preload.c). Call with
+// false before such an attribute is stored.
+export function setNoCapabilities (absent: boolean): void {
+  if (interposed) preloaded?.setNoCapabilities?.(absent)
 }
 
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.

@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { fuseStatus, loadFuse, preloadActive } from './libfuse.js'
+import { fuseStatus, loadFuse, preloadActive, setNoCapabilities } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -50,6 +50,7 @@ const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions']
 // small files: a fifth slower in one run on a busy machine, a few percent in another).
 const NO_ATTR_CACHE = ['attr_timeout=0']
 const DEBUG_LOG = process.env.COOPFS_FUSE_LOG === '1'
+const CAPABILITY_XATTR = 'security.capability'
 
 type Cb = (...args: any[]) => void
 
@@ -93,6 +94,8 @@ export interface Mounted {
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
+  // Linux asks for this attribute before every write; while no file has one, the preload addon answers.
+  setNoCapabilities(!fs.anyHasXattr(CAPABILITY_XATTR))
 
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
@@ -143,7 +146,10 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     chmod: (path, mode, cb) => run('chmod', cb, () => fs.chmod(path, mode)),
     chown: (path, uid, gid, cb) => run('chown', cb, () => fs.chown(path, uid, gid)),
     utimens: (path, atime, mtime, cb) => run('utimens', cb, () => fs.utimens(path, atime, mtime)),
-    setxattr: (path, name, value, _position, flags, cb) => run('setxattr', cb, () => fs.setxattr(path, name, value, flags)),
+    setxattr: (path, name, value, _position, flags, cb) => run('setxattr', cb, () => {
+      if (name === CAPABILITY_XATTR) setNoCapabilities(false)
+      return fs.setxattr(path, name, value, flags)
+    }),
     getxattr: (path, name, _position, cb) => run('getxattr', cb, () => fs.getxattr(path, name), (c, v) => c(0, v)),
     listxattr: (path, cb) => run('listxattr', cb, () => fs.listxattr(path), value),
     removexattr: (path, name, cb) => run('removexattr', cb, () => fs.removexattr(path, name))
