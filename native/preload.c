@@ -1,11 +1,14 @@
-// Two helpers for fuse-native, which the project loads but does not build:
+// Helpers for fuse-native, which the project loads but does not build. The two below come first; further
+// down, the same interposition answers for libfuse's reply functions (attribute caching), its request loop
+// and channel (requests of up to 1 MiB) and fuse-native's getxattr (the kernel's security.capability query).
 //
 // loadGlobal(path) loads a shared library with RTLD_GLOBAL and keeps it loaded, so that an addon loaded
 // later (fuse-native) resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads
 // any library that does not register a Node module.
 //
 // interpose() makes this addon's fuse_new() the one fuse-native calls, which adjusts fuse-native's table of
-// operations in two ways. New files belong to the caller (see give_to_caller). And the table lacks
+// operations. New files belong to the caller (see give_to_caller). getxattr may be answered here (see
+// getxattr_quick). And the table lacks
 // flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
 // (touch -a, touch -m, utimensat with UTIME_OMIT: it returns success and changes nothing). This fuse_new
 // sets the flag on a copy of the table and wraps utimens: fuse-native turns times into milliseconds, where
