@@ -1,14 +1,15 @@
 // Helpers for fuse-native, which the project loads but does not build. The two below come first; further
 // down, the same interposition answers for libfuse's reply functions (attribute caching), its request loop
-// and channel (requests of up to 1 MiB) and fuse-native's getxattr (the kernel's security.capability query).
+// and channel (requests of up to 1 MiB), and some of fuse-native's operations (the kernel's
+// security.capability query, the flush of a read-only descriptor).
 //
 // loadGlobal(path) loads a shared library with RTLD_GLOBAL and keeps it loaded, so that an addon loaded
 // later (fuse-native) resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads
 // any library that does not register a Node module.
 //
 // interpose() makes this addon's fuse_new() the one fuse-native calls, which adjusts fuse-native's table of
-// operations. New files belong to the caller (see give_to_caller). getxattr may be answered here (see
-// getxattr_quick). And the table lacks
+// operations. New files belong to the caller (see give_to_caller). getxattr and flush may be answered here
+// (see getxattr_quick and flush_quick). And the table lacks
 // flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
 // (touch -a, touch -m, utimensat with UTIME_OMIT: it returns success and changes nothing). This fuse_new
 // sets the flag on a copy of the table and wraps utimens: fuse-native turns times into milliseconds, where
@@ -19,6 +20,8 @@
 #define _FILE_OFFSET_BITS 64
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 #include <node_api.h>
@@ -46,6 +49,9 @@ static int (*inner_mkdir) (const char *, mode_t) = NULL;
 static int (*inner_mknod) (const char *, mode_t, dev_t) = NULL;
 static int (*inner_symlink) (const char *, const char *) = NULL;
 static int (*inner_getxattr) (const char *, const char *, char *, size_t) = NULL;
+static int (*inner_open) (const char *, struct fuse_file_info *) = NULL;
+static int (*inner_flush) (const char *, struct fuse_file_info *) = NULL;
+static int (*inner_release) (const char *, struct fuse_file_info *) = NULL;
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
 // On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
@@ -112,6 +118,58 @@ static int getxattr_quick (const char *path, const char *name, char *value, size
   return inner_getxattr(path, name, value, size);
 }
 
+// close(2) sends FUSE_FLUSH and then FUSE_RELEASE. The filesystem's flush commits the writes made
+// through a descriptor, so close can promise them; a descriptor opened read-only made none, and its
+// flush is answered here instead of through the daemon's main thread (one round trip in five of reading
+// a small file). libfuse 2 does not pass the open flags to flush, so the handles of read-only opens are
+// kept in a set, from open until release.
+#define READ_ONLY_BUCKETS 1024
+struct read_only_fh { uint64_t fh; struct read_only_fh *next; };
+static struct read_only_fh *read_only[READ_ONLY_BUCKETS];
+static pthread_mutex_t read_only_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct read_only_fh **read_only_slot (uint64_t fh) {
+  struct read_only_fh **p = &read_only[(fh ^ (fh >> 17)) % READ_ONLY_BUCKETS];
+  while (*p && (*p)->fh != fh) p = &(*p)->next;
+  return p;
+}
+
+static int open_noted (const char *path, struct fuse_file_info *fi) {
+  int r = inner_open(path, fi);
+  if (r != 0 || (fi->flags & O_ACCMODE) != O_RDONLY) return r;
+  struct read_only_fh *e = malloc(sizeof(*e));
+  if (!e) return r;
+  pthread_mutex_lock(&read_only_lock);
+  struct read_only_fh **p = read_only_slot(fi->fh);
+  if (*p) {
+    free(e);
+  } else {
+    e->fh = fi->fh;
+    e->next = NULL;
+    *p = e;
+  }
+  pthread_mutex_unlock(&read_only_lock);
+  return r;
+}
+
+static int flush_quick (const char *path, struct fuse_file_info *fi) {
+  pthread_mutex_lock(&read_only_lock);
+  int known = *read_only_slot(fi->fh) != NULL;
+  pthread_mutex_unlock(&read_only_lock);
+  return known ? 0 : inner_flush(path, fi);
+}
+
+// The handle leaves the set before the filesystem can give its number to a new open.
+static int release_noted (const char *path, struct fuse_file_info *fi) {
+  pthread_mutex_lock(&read_only_lock);
+  struct read_only_fh **p = read_only_slot(fi->fh);
+  struct read_only_fh *e = *p;
+  if (e) *p = e->next;
+  pthread_mutex_unlock(&read_only_lock);
+  free(e);
+  return inner_release(path, fi);
+}
+
 static int utimens_now (const char *path, const struct timespec tv[2]) {
   struct timespec t[2] = { tv[0], tv[1] };
   struct timespec now;
@@ -140,6 +198,14 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
     wrapped_ops.flag_utime_omit_ok = 1;
   }
   if ((inner_getxattr = wrapped_ops.getxattr)) wrapped_ops.getxattr = getxattr_quick;
+  if (wrapped_ops.open && wrapped_ops.flush && wrapped_ops.release) {
+    inner_open = wrapped_ops.open;
+    inner_flush = wrapped_ops.flush;
+    inner_release = wrapped_ops.release;
+    wrapped_ops.open = open_noted;
+    wrapped_ops.flush = flush_quick;
+    wrapped_ops.release = release_noted;
+  }
   inner_getattr = wrapped_ops.getattr;
   inner_chown = wrapped_ops.chown;
   if (inner_chown) {
