@@ -368,17 +368,17 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
   if (!real_process_buf) resolve_replies();
   process_buf_fn real = real_process_buf;
   if (!real) abort();
-  if (took_over && buf != NULL && !(buf->flags & FUSE_BUF_IS_FD) && buf->mem != NULL &&
-      buf->size >= sizeof(struct kernel_in_header) + sizeof(struct kernel_link_in)) {
-    const struct kernel_in_header *in = (const struct kernel_in_header *) buf->mem;
-    if (in->opcode == KERNEL_FUSE_LINK) {
-      const struct kernel_link_in *arg = (const struct kernel_link_in *) (in + 1);
-      link_source = arg->oldnodeid;
-      link_chan = ch;
-    }
+  // The request's header, when the request is in memory (libfuse 2 reads into memory unless told to splice).
+  const struct kernel_in_header *in = buf != NULL && !(buf->flags & FUSE_BUF_IS_FD) && buf->mem != NULL &&
+    buf->size >= sizeof(struct kernel_in_header) ? (const struct kernel_in_header *) buf->mem : NULL;
+  if (in != NULL && in->opcode == KERNEL_FUSE_LINK && took_over &&
+      buf->size >= sizeof(*in) + sizeof(struct kernel_link_in)) {
+    const struct kernel_link_in *arg = (const struct kernel_link_in *) (in + 1);
+    link_source = arg->oldnodeid;
+    link_chan = ch;
+  } else if (in != NULL && in->opcode == KERNEL_FUSE_INIT) {
+    note_init(in, buf->size);
   }
-  if (buf != NULL && !(buf->flags & FUSE_BUF_IS_FD) && buf->mem != NULL && buf->size >= sizeof(struct kernel_in_header) &&
-      ((const struct kernel_in_header *) buf->mem)->opcode == KERNEL_FUSE_INIT) note_init((const struct kernel_in_header *) buf->mem, buf->size);
   real(se, buf, ch);
   link_source = 0;
   link_chan = NULL;

@@ -46,8 +46,9 @@ const EXTRA_OPTIONS = ['big_writes', 'use_ino', 'default_permissions']
 // cached in the kernel, a link, unlink, chmod or chown through one name would show through the others only
 // when the cache expired (POSIX test suite: 52 failures). The preload addon gives a timeout of 0 to the
 // attributes of files with more than one kernel inode, and makes a new link drop the cached attributes of
-// the name it was made from (native/preload.c); without the addon the whole mount has no attribute cache, which makes every directory of every path walked a request to the daemon (creating
-// small files: a fifth slower in one run on a busy machine, a few percent in another).
+// the name it was made from (native/preload.c); without the addon the whole mount has no attribute cache,
+// which makes every directory of every path walked a request to the daemon (creating small files: a fifth
+// slower in one run on a busy machine, a few percent in another).
 const NO_ATTR_CACHE = ['attr_timeout=0']
 const DEBUG_LOG = process.env.COOPFS_FUSE_LOG === '1'
 const CAPABILITY_XATTR = 'security.capability'
