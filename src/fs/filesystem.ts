@@ -95,8 +95,9 @@ export class Filesystem {
   private readonly paths = new Map<string, number>()
   // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
   private readonly hidden = new Map<string, number>()
-  // Bumped on every write to a dirty block; the packer commits a block only if it did not change meanwhile.
-  readonly gens = new Map<string, number>()
+  // Per inode and block: bumped on every write to a dirty block; the packer commits a block only if it did
+  // not change meanwhile. Forgotten once the block is packed, or with the inode.
+  readonly gens = new Map<number, Map<number, number>>()
   // Per inode being written: the last write's time, the highest block written, and when the current run of
   // writes began (a pause of PACK_IDLE_MS ends a run). The packer leaves a file's tail alone while it grows.
   readonly writing = new Map<number, { at: number, maxBlk: number, since: number }>()
@@ -477,6 +478,7 @@ export class Filesystem {
       })
       this.wb.adjust(-freed * this.chunkSize)
       this.writing.delete(ino)
+      this.gens.delete(ino)
       await this.wb.remove(ino)
     })
     this.refreshLiveBytes()
@@ -737,21 +739,30 @@ export class Filesystem {
     return out
   }
 
-  private genKey (ino: number, blk: number): string {
-    return ino + ':' + blk
-  }
-
   private bump (ino: number, blk: number): void {
-    const k = this.genKey(ino, blk)
-    this.gens.set(k, (this.gens.get(k) ?? 0) + 1)
+    let byBlk = this.gens.get(ino)
+    if (!byBlk) {
+      byBlk = new Map()
+      this.gens.set(ino, byBlk)
+    }
+    byBlk.set(blk, (byBlk.get(blk) ?? 0) + 1)
   }
 
   genOf (ino: number, blk: number): number {
-    return this.gens.get(this.genKey(ino, blk)) ?? 0
+    return this.gens.get(ino)?.get(blk) ?? 0
   }
 
   forgetGen (ino: number, blk: number): void {
-    this.gens.delete(this.genKey(ino, blk))
+    const byBlk = this.gens.get(ino)
+    if (!byBlk) return
+    byBlk.delete(blk)
+    if (byBlk.size === 0) this.gens.delete(ino)
+  }
+
+  // Per-inode write bookkeeping of files no longer written: runs that ended (no write for PACK_IDLE_MS)
+  // mean nothing to the packer any more, and a new write starts a new run.
+  forgetIdleWriters (now: number): void {
+    for (const [ino, w] of this.writing) if (now - w.at >= PACK_IDLE_MS) this.writing.delete(ino)
   }
 
   async write (fh: number, buf: Buffer, len: number, pos: number): Promise<number> {

@@ -76,6 +76,7 @@ export class Packer {
   // One round under the disk lock. Returns the number of blocks handled. With force, the open segment is
   // written even if it is not full.
   async round (force: boolean): Promise<number> {
+    this.fs.forgetIdleWriters(Date.now())
     await this.dropStoredWriteback()
     this.fs.commitPending()
     const todo = this.candidates(force)
