@@ -8,8 +8,8 @@
 // any library that does not register a Node module.
 //
 // interpose() makes this addon's fuse_new() the one fuse-native calls, which adjusts fuse-native's table of
-// operations. New files belong to the caller (see give_to_caller). getxattr and flush may be answered here
-// (see getxattr_quick and flush_quick). And the table lacks
+// operations. New files belong to the caller (see give_to_caller). getxattr, flush and the fgetattr right
+// after a create may be answered here (see getxattr_quick, flush_quick and fgetattr_quick). And the table lacks
 // flag_utime_omit_ok, so libfuse 2 silently drops a change of one timestamp alone
 // (touch -a, touch -m, utimensat with UTIME_OMIT: it returns success and changes nothing). This fuse_new
 // sets the flag on a copy of the table and wraps utimens: fuse-native turns times into milliseconds, where
@@ -52,6 +52,7 @@ static int (*inner_getxattr) (const char *, const char *, char *, size_t) = NULL
 static int (*inner_open) (const char *, struct fuse_file_info *) = NULL;
 static int (*inner_flush) (const char *, struct fuse_file_info *) = NULL;
 static int (*inner_release) (const char *, struct fuse_file_info *) = NULL;
+static int (*inner_fgetattr) (const char *, struct stat *, struct fuse_file_info *) = NULL;
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
 // On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
@@ -63,9 +64,10 @@ typedef struct fuse_context *(*get_context_fn) (void);
 // fuse_new, before libfuse starts its threads.
 static get_context_fn get_context = NULL;
 
-static void give_to_caller (const char *path) {
+// Returns whether it asked the filesystem to change the owner.
+static int give_to_caller (const char *path) {
   struct fuse_context *c = get_context ? get_context() : NULL;
-  if (c == NULL || !inner_chown || (c->uid == getuid() && c->gid == getgid())) return;
+  if (c == NULL || !inner_chown || (c->uid == getuid() && c->gid == getgid())) return 0;
   gid_t gid = c->gid;
   // Paths from libfuse's path API are not bounded by PATH_MAX in deep trees.
   char *parent = inner_getattr ? strdup(path) : NULL;
@@ -79,12 +81,71 @@ static void give_to_caller (const char *path) {
     free(parent);
   }
   inner_chown(path, c->uid, gid);
+  return 1;
+}
+
+// libfuse answers a create with the new file's attributes, which it asks the filesystem for right after
+// the create returned (fgetattr on the new handle): a second trip through the daemon's main thread for
+// every new file. The daemon hands them over with its answer to the create instead (noteCreated, by the
+// new handle); create_owned moves them to its own thread, where the fgetattr that follows takes them.
+// Attributes the owner change made stale are dropped, and so is whatever the request did not use.
+#define CREATED_SLOTS 64
+struct created_note { uint64_t fh; int used; struct stat st; };
+static struct created_note created[CREATED_SLOTS];
+static pthread_mutex_t created_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread struct created_note created_here;
+static volatile uint64_t created_answered = 0;
+
+static void note_created (uint64_t fh, const struct stat *st) {
+  pthread_mutex_lock(&created_lock);
+  struct created_note *free_slot = NULL;
+  for (int i = 0; i < CREATED_SLOTS; i++) {
+    if (created[i].used && created[i].fh == fh) { free_slot = &created[i]; break; }
+    if (!created[i].used && free_slot == NULL) free_slot = &created[i];
+  }
+  // With every slot taken the note is left out, and libfuse asks the daemon as before.
+  if (free_slot) {
+    free_slot->fh = fh;
+    free_slot->st = *st;
+    free_slot->used = 1;
+  }
+  pthread_mutex_unlock(&created_lock);
+}
+
+static int take_created (uint64_t fh, struct created_note *out) {
+  int found = 0;
+  pthread_mutex_lock(&created_lock);
+  for (int i = 0; i < CREATED_SLOTS; i++) {
+    if (created[i].used && created[i].fh == fh) {
+      *out = created[i];
+      created[i].used = 0;
+      found = 1;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&created_lock);
+  return found;
 }
 
 static int create_owned (const char *path, mode_t mode, struct fuse_file_info *fi) {
+  created_here.used = 0;
   int r = inner_create(path, mode, fi);
-  if (r == 0) give_to_caller(path);
+  if (r != 0) return r;
+  struct created_note note;
+  int noted = take_created(fi->fh, &note);
+  if (give_to_caller(path)) noted = 0;
+  if (noted) created_here = note;
   return r;
+}
+
+static int fgetattr_quick (const char *path, struct stat *st, struct fuse_file_info *fi) {
+  if (created_here.used && fi != NULL && fi->fh == created_here.fh) {
+    created_here.used = 0;
+    *st = created_here.st;
+    __sync_fetch_and_add(&created_answered, 1);
+    return 0;
+  }
+  return inner_fgetattr(path, st, fi);
 }
 
 static int mkdir_owned (const char *path, mode_t mode) {
@@ -113,8 +174,13 @@ static int symlink_owned (const char *target, const char *path) {
 static volatile int no_capabilities = 0;
 #define CAPABILITY_XATTR "security.capability"
 
+static volatile uint64_t capability_answered = 0;
+
 static int getxattr_quick (const char *path, const char *name, char *value, size_t size) {
-  if (no_capabilities && name != NULL && strcmp(name, CAPABILITY_XATTR) == 0) return -ENODATA;
+  if (no_capabilities && name != NULL && strcmp(name, CAPABILITY_XATTR) == 0) {
+    __sync_fetch_and_add(&capability_answered, 1);
+    return -ENODATA;
+  }
   return inner_getxattr(path, name, value, size);
 }
 
@@ -152,11 +218,15 @@ static int open_noted (const char *path, struct fuse_file_info *fi) {
   return r;
 }
 
+static volatile uint64_t flush_answered = 0;
+
 static int flush_quick (const char *path, struct fuse_file_info *fi) {
   pthread_mutex_lock(&read_only_lock);
   int known = *read_only_slot(fi->fh) != NULL;
   pthread_mutex_unlock(&read_only_lock);
-  return known ? 0 : inner_flush(path, fi);
+  if (!known) return inner_flush(path, fi);
+  __sync_fetch_and_add(&flush_answered, 1);
+  return 0;
 }
 
 // The handle leaves the set before the filesystem can give its number to a new open.
@@ -208,8 +278,11 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
   }
   inner_getattr = wrapped_ops.getattr;
   inner_chown = wrapped_ops.chown;
+  if ((inner_create = wrapped_ops.create)) {
+    wrapped_ops.create = create_owned;
+    if ((inner_fgetattr = wrapped_ops.fgetattr)) wrapped_ops.fgetattr = fgetattr_quick;
+  }
   if (inner_chown) {
-    if ((inner_create = wrapped_ops.create)) wrapped_ops.create = create_owned;
     if ((inner_mkdir = wrapped_ops.mkdir)) wrapped_ops.mkdir = mkdir_owned;
     if ((inner_mknod = wrapped_ops.mknod)) wrapped_ops.mknod = mknod_owned;
     if ((inner_symlink = wrapped_ops.symlink)) wrapped_ops.symlink = symlink_owned;
@@ -382,6 +455,7 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
   real(se, buf, ch);
   link_source = 0;
   link_chan = NULL;
+  created_here.used = 0;
 }
 
 static void drop_link_source (void) {
@@ -494,8 +568,71 @@ static napi_value set_no_capabilities (napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// noteCreated(fh, ints): the attributes of the file just created with handle fh, for libfuse's fgetattr
+// after the create (see fgetattr_quick). ints is a Uint32Array in fuse-native's layout for getattr
+// answers: mode, uid, gid, size (low, high), dev, nlink, ino, rdev, blksize, blocks (low, high), and
+// atime, mtime, ctime in milliseconds (low, high each).
+#define STAT_INTS 18
+static napi_value note_created_js (napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  double fh = 0;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void *data = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_double(env, argv[0], &fh) != napi_ok ||
+      napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok ||
+      type != napi_uint32_array || length < STAT_INTS || fh < 0) {
+    napi_throw_type_error(env, NULL, "noteCreated(fh, ints) needs a handle and a Uint32Array of 18");
+    return NULL;
+  }
+  const uint32_t *v = (const uint32_t *) data;
+  #define U64(i) ((uint64_t) v[i] + ((uint64_t) v[(i) + 1] << 32))
+  struct stat st;
+  memset(&st, 0, sizeof(st));
+  st.st_mode = v[0];
+  st.st_uid = v[1];
+  st.st_gid = v[2];
+  st.st_size = (off_t) U64(3);
+  st.st_dev = v[5];
+  st.st_nlink = v[6];
+  st.st_ino = v[7];
+  st.st_rdev = v[8];
+  st.st_blksize = v[9];
+  st.st_blocks = (blkcnt_t) U64(10);
+  uint64_t ms[3] = { U64(12), U64(14), U64(16) };
+  struct timespec *ts[3] = { &st.st_atim, &st.st_mtim, &st.st_ctim };
+  for (int i = 0; i < 3; i++) {
+    ts[i]->tv_sec = (time_t) (ms[i] / 1000);
+    ts[i]->tv_nsec = (long) (ms[i] % 1000) * 1000000;
+  }
+  #undef U64
+  if (took_over && inner_fgetattr) note_created((uint64_t) fh, &st);
+  return NULL;
+}
+
+// How many requests were answered here rather than by the daemon, since the mount: the capability
+// query, read-only flushes, the attributes after a create.
+static napi_value answered_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result, n;
+  napi_create_object(env, &result);
+  napi_create_double(env, (double) capability_answered, &n);
+  napi_set_named_property(env, result, "capability", n);
+  napi_create_double(env, (double) flush_answered, &n);
+  napi_set_named_property(env, result, "readOnlyFlush", n);
+  napi_create_double(env, (double) created_answered, &n);
+  napi_set_named_property(env, result, "createAttrs", n);
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "noteCreated", NAPI_AUTO_LENGTH, note_created_js, NULL, &fn);
+  napi_set_named_property(env, exports, "noteCreated", fn);
+  napi_create_function(env, "answered", NAPI_AUTO_LENGTH, answered_js, NULL, &fn);
+  napi_set_named_property(env, exports, "answered", fn);
   napi_create_function(env, "setNoCapabilities", NAPI_AUTO_LENGTH, set_no_capabilities, NULL, &fn);
   napi_set_named_property(env, exports, "setNoCapabilities", fn);
   napi_create_function(env, "requestBytes", NAPI_AUTO_LENGTH, request_bytes_js, NULL, &fn);

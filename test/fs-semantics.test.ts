@@ -614,6 +614,50 @@ test('requests of up to 1 MiB: single large writes and reads at any offset, thro
   await unmount(s.mnt)
 })
 
+// The preload addon answers libfuse's attribute request right after a create with what the daemon handed
+// it with the create (native/preload.c, fgetattr_quick): they must be what the daemon stores, for the
+// creating user, and must not outlive the request.
+test('a new file\'s attributes come with its create: the same at once and after a remount, also for another user', async t => {
+  const s = await mounted(t)
+  const m = (p: string): string => path.join(s.mnt, p)
+  const fuseBefore = (await status(s.home)).fuse
+  const pick = (st: fs.Stats): number[] => [st.ino, st.mode, st.uid, st.gid, st.nlink, st.size, st.blocks, st.mtimeMs, st.ctimeMs]
+  const names = Array.from({ length: 20 }, (_, i) => `new${i}`)
+  const umask = parseInt(/^Umask:\s*(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0', 8)
+  const atOnce = new Map<string, number[]>()
+  for (const [i, name] of names.entries()) {
+    const fd = fs.openSync(m(name), 'wx', 0o600 + i)
+    atOnce.set(name, pick(fs.fstatSync(fd)))
+    fs.closeSync(fd)
+  }
+  // Another user creates too (the daemon then gives the file to the caller, which changes its owner and
+  // ctime after the create); the child prints what fstat said right after each create.
+  const others = ['o0', 'o1', 'o2']
+  const asRoot = process.getuid?.() === 0
+  if (asRoot) {
+    fs.chmodSync(s.mnt, 0o1777)
+    const code = 'const fs = require("fs"); const out = {}; for (const n of process.argv.slice(1)) { const fd = fs.openSync(n, "wx", 0o644); const st = fs.fstatSync(fd); out[n] = [st.uid, st.gid, st.size, st.nlink]; fs.closeSync(fd) }; console.log(JSON.stringify(out))'
+    const r = await sh(`cd '${s.mnt}' && setpriv --reuid=65534 --regid=65533 --clear-groups '${process.execPath}' -e '${code}' ${others.join(' ')}`)
+    t.is(r.code, 0, r.stderr)
+    const seen = r.code === 0 ? JSON.parse(r.stdout) : {}
+    for (const n of others) t.alike(seen[n], [65534, 65533, 0, 1], `${n}: fstat right after another user's create shows that user as owner`)
+  }
+  const fuseAfter = (await status(s.home)).fuse
+  if (fuseBefore?.addon) {
+    const answered = (fuseAfter?.answered?.createAttrs ?? 0) - (fuseBefore?.answered?.createAttrs ?? 0)
+    t.is(answered, names.length, `the addon answered the attribute request of each create but the other user's (${answered})`)
+  }
+  await unmount(s.mnt)
+  await mount(s)
+  for (const [i, name] of names.entries()) {
+    const later = pick(fs.statSync(m(name)))
+    t.alike(atOnce.get(name), later, `${name}: attributes right after create are the stored ones`)
+    t.is(later[1] & 0o7777, (0o600 + i) & ~umask, `${name}: mode as asked, less the umask`)
+  }
+  if (asRoot) for (const n of others) t.is(fs.statSync(m(n)).uid, 65534, `${n} still belongs to its creator`)
+  await unmount(s.mnt)
+})
+
 // The preload addon answers the flush of a read-only descriptor itself (native/preload.c); a writer's
 // close must still commit its writes.
 test('read-only descriptors open and close beside a writer; what the writer\'s close confirmed survives kill -9', async t => {

@@ -248,6 +248,10 @@ export class Filesystem {
     return this.attrOf(this.resolve(path))
   }
 
+  attrOfHandle (fh: number): Attr {
+    return this.attrOf(this.handle(fh).ino)
+  }
+
 
   private attrOf (ino: number): Attr {
     const inode = this.inode(ino)

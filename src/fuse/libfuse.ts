@@ -18,6 +18,32 @@ interface Preload {
   inForce?: () => boolean
   requestBytes?: () => number
   setNoCapabilities?: (absent: boolean) => void
+  noteCreated?: (fh: number, ints: Uint32Array) => void
+  answered?: () => AnsweredInAddon
+}
+
+// Requests the addon answered without the daemon since the mount (see native/preload.c).
+export interface AnsweredInAddon {
+  capability: number
+  readOnlyFlush: number
+  createAttrs: number
+}
+
+// What noteCreated needs of a file's attributes; times in milliseconds.
+export interface StatFields {
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  dev?: number
+  nlink: number
+  ino: number
+  rdev: number
+  blksize: number
+  blocks: number
+  atime: number
+  mtime: number
+  ctime: number
 }
 
 let preloaded: Preload | null = null
@@ -42,11 +68,11 @@ const LIBFUSE_REQUEST_BYTES = 128 * 1024
 
 // For status: whether the preload addon stands between fuse-native and libfuse, and if not, what that
 // costs; and the largest request the kernel may send. Meaningful once a mount was made.
-export function fuseStatus (): { addon: boolean, note?: string, requestBytes: number } {
+export function fuseStatus (): { addon: boolean, note?: string, requestBytes: number, answered?: AnsweredInAddon } {
   const requestBytes = (interposed ? preloaded?.requestBytes?.() : 0) || LIBFUSE_REQUEST_BYTES
   if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel', requestBytes }
   if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored', requestBytes }
-  return { addon: true, requestBytes }
+  return { addon: true, requestBytes, answered: preloaded?.answered?.() }
 }
 
 // Tells the preload addon whether no file has a security.capability attribute, so that it may answer the
@@ -54,6 +80,33 @@ export function fuseStatus (): { addon: boolean, note?: string, requestBytes: nu
 // false before such an attribute is stored.
 export function setNoCapabilities (absent: boolean): void {
   if (interposed) preloaded?.setNoCapabilities?.(absent)
+}
+
+// Hands the preload addon the attributes of a file just created with handle fh, so that libfuse's own
+// request for them right after the create is answered there (native/preload.c, fgetattr_quick). Call
+// before answering the create.
+export function noteCreated (fh: number, st: StatFields): void {
+  if (!interposed || !preloaded?.noteCreated) return
+  const ints = new Uint32Array(18)
+  ints[0] = st.mode
+  ints[1] = st.uid
+  ints[2] = st.gid
+  putUint64(ints, 3, st.size)
+  ints[5] = st.dev ?? 0
+  ints[6] = st.nlink
+  ints[7] = st.ino
+  ints[8] = st.rdev
+  ints[9] = st.blksize
+  putUint64(ints, 10, st.blocks)
+  putUint64(ints, 12, st.atime)
+  putUint64(ints, 14, st.mtime)
+  putUint64(ints, 16, st.ctime)
+  preloaded.noteCreated(fh, ints)
+}
+
+function putUint64 (ints: Uint32Array, i: number, n: number): void {
+  ints[i] = n % 0x100000000
+  ints[i + 1] = Math.floor(n / 0x100000000)
 }
 
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.

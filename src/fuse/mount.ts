@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { fuseStatus, loadFuse, preloadActive, setNoCapabilities } from './libfuse.js'
+import { fuseStatus, loadFuse, noteCreated, preloadActive, setNoCapabilities } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -130,7 +130,11 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     mkdir: (path, mode, cb) => run('mkdir', cb, () => fs.mkdir(path, mode)),
     rmdir: (path, cb) => run('rmdir', cb, () => fs.rmdir(path)),
     mknod: (path, mode, dev, cb) => run('mknod', cb, () => fs.mknod(path, mode, dev)),
-    create: (path, mode, cb) => run('create', cb, () => fs.create(path, mode), value),
+    create: (path, mode, cb) => run('create', cb, () => {
+      const fh = fs.create(path, mode)
+      noteCreated(fh, fs.attrOfHandle(fh))
+      return fh
+    }, value),
     open: (path, flags, cb) => run('open', cb, () => fs.open(path, flags), value),
     release: (_path, fd, cb) => run('release', cb, () => fs.release(fd)),
     flush: (_path, fd, cb) => run('flush', cb, () => fs.flush(fd)),
