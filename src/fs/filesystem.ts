@@ -95,11 +95,16 @@ export class Filesystem {
   private readonly paths = new Map<string, number>()
   // Hidden names (see HIDDEN_NAME) of open files that lost their last visible name, and their inodes.
   private readonly hidden = new Map<string, number>()
-  // Per inode and block: bumped on every write to a dirty block; the packer commits a block only if it did
-  // not change meanwhile. Forgotten once the block is packed, or with the inode.
+  // Per inode and block: a new generation on every write to a dirty block; the packer commits a block only
+  // if it did not change meanwhile. Generations come from one counter for the whole filesystem, so one
+  // taken for a block never comes back, not even for a new file that reuses a removed file's inode number
+  // while a segment holding the old file's block is still on its way: forgetting them is always safe. They
+  // are forgotten once the block is packed, when a truncate cuts the block off, and with the inode.
   readonly gens = new Map<number, Map<number, number>>()
+  private genSeq = 0
   // Per inode being written: the last write's time, the highest block written, and when the current run of
   // writes began (a pause of PACK_IDLE_MS ends a run). The packer leaves a file's tail alone while it grows.
+  // Entries of closed files go once their run ended (forgetIdleWriters).
   readonly writing = new Map<number, { at: number, maxBlk: number, since: number }>()
   liveBytes = 0
   onChange: () => void = () => {}
@@ -628,7 +633,8 @@ export class Filesystem {
   create (path: string, mode: number): number {
     const { parent, name } = this.parentOf(path)
     const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777)))
-    // libfuse asks for the new file's attributes by path right away.
+    // libfuse asks for the new file's attributes right away, by path, unless the preload addon answers it
+    // with what the create handed over (src/fuse/mount.ts).
     this.remember(path, ino)
     this.onChange()
     return this.addHandle(ino, 0)
@@ -749,7 +755,7 @@ export class Filesystem {
       byBlk = new Map()
       this.gens.set(ino, byBlk)
     }
-    byBlk.set(blk, (byBlk.get(blk) ?? 0) + 1)
+    byBlk.set(blk, ++this.genSeq)
   }
 
   genOf (ino: number, blk: number): number {
@@ -763,10 +769,18 @@ export class Filesystem {
     if (byBlk.size === 0) this.gens.delete(ino)
   }
 
-  // Per-inode write bookkeeping of files no longer written: runs that ended (no write for PACK_IDLE_MS)
-  // mean nothing to the packer any more, and a new write starts a new run.
+  private forgetGensFrom (ino: number, from: number): void {
+    const byBlk = this.gens.get(ino)
+    if (!byBlk) return
+    for (const blk of byBlk.keys()) if (blk >= from) byBlk.delete(blk)
+    if (byBlk.size === 0) this.gens.delete(ino)
+  }
+
+  // The runs of writes of closed files that ended (no write for PACK_IDLE_MS): they mean nothing to the
+  // packer any more, and a new write starts a new run. An open file keeps its entry, and with it the
+  // highest block written so far.
   forgetIdleWriters (now: number): void {
-    for (const [ino, w] of this.writing) if (now - w.at >= PACK_IDLE_MS) this.writing.delete(ino)
+    for (const [ino, w] of this.writing) if (now - w.at >= PACK_IDLE_MS && !this.isOpen(ino)) this.writing.delete(ino)
   }
 
   async write (fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
@@ -865,6 +879,7 @@ export class Filesystem {
           if (madeDirty) this.meta.addDirty(ino, partial)
         })
         this.wb.adjust((madeDirty ? CS : 0) - dropped * CS)
+        this.forgetGensFrom(ino, keep)
         if (partial >= 0) this.bump(ino, partial)
         await this.wb.truncate(ino, size)
         this.refreshLiveBytes()
