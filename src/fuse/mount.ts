@@ -132,7 +132,10 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     mknod: (path, mode, dev, cb) => run('mknod', cb, () => fs.mknod(path, mode, dev)),
     create: (path, mode, cb) => run('create', cb, () => {
       const fh = fs.create(path, mode)
-      noteCreated(fh, fs.attrOfHandle(fh))
+      // Only saves libfuse a request: the file exists and is open now, so nothing here may fail the create.
+      try {
+        noteCreated(fh, fs.attrOfHandle(fh))
+      } catch {}
       return fh
     }, value),
     open: (path, flags, cb) => run('open', cb, () => fs.open(path, flags), value),
