@@ -1,7 +1,9 @@
 // Helpers for fuse-native, which the project loads but does not build. The two below come first; further
 // down, the same interposition answers for libfuse's reply functions (attribute caching), its request loop
 // and channel (requests of up to 1 MiB), and some of fuse-native's operations (the kernel's
-// security.capability query, the flush of a read-only descriptor).
+// security.capability query, the flush of a read-only descriptor, libfuse's attribute request right after
+// a create, with what the daemon handed over through noteCreated). answered() counts those answers, and
+// trimMalloc() gives freed malloc memory back to the system.
 //
 // loadGlobal(path) loads a shared library with RTLD_GLOBAL and keeps it loaded, so that an addon loaded
 // later (fuse-native) resolves its libfuse.so.2 dependency to it. process.dlopen cannot do this: it unloads
@@ -24,6 +26,9 @@
 #include <pthread.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <node_api.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -88,7 +93,9 @@ static int give_to_caller (const char *path) {
 // the create returned (fgetattr on the new handle): a second trip through the daemon's main thread for
 // every new file. The daemon hands them over with its answer to the create instead (noteCreated, by the
 // new handle); create_owned moves them to its own thread, where the fgetattr that follows takes them.
-// Attributes the owner change made stale are dropped, and so is whatever the request did not use.
+// Attributes the owner change made stale are dropped, and so is what the request did not use. A note
+// stays in the table only if the create wrapper never ran after it was made, which a successful create
+// always does.
 #define CREATED_SLOTS 64
 struct created_note { uint64_t fh; int used; struct stat st; };
 static struct created_note created[CREATED_SLOTS];
@@ -583,7 +590,7 @@ static napi_value note_created_js (napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
       napi_get_value_double(env, argv[0], &fh) != napi_ok ||
       napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok ||
-      type != napi_uint32_array || length < STAT_INTS || fh < 0) {
+      type != napi_uint32_array || length < STAT_INTS || !(fh >= 0)) {
     napi_throw_type_error(env, NULL, "noteCreated(fh, ints) needs a handle and a Uint32Array of 18");
     return NULL;
   }
@@ -627,8 +634,25 @@ static napi_value answered_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// trimMalloc(): gives the pages of freed memory in malloc's heaps back to the system (malloc_trim). The
+// daemon's 128-256 KiB chunk and block buffers come from those heaps once glibc has raised its mmap
+// threshold past them (it does after the first such buffer is freed), and pages freed there stay resident
+// until trimmed. Returns whether any memory was given back.
+static napi_value trim_malloc (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+#ifdef __GLIBC__
+  napi_get_boolean(env, malloc_trim(0) == 1, &result);
+#else
+  napi_get_boolean(env, false, &result);
+#endif
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_value fn;
+  napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn);
+  napi_set_named_property(env, exports, "trimMalloc", fn);
   napi_create_function(env, "noteCreated", NAPI_AUTO_LENGTH, note_created_js, NULL, &fn);
   napi_set_named_property(env, exports, "noteCreated", fn);
   napi_create_function(env, "answered", NAPI_AUTO_LENGTH, answered_js, NULL, &fn);

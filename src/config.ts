@@ -30,6 +30,8 @@ export const DISK_CACHE_BYTES = envInt('COOPFS_DISK_CACHE_BYTES', 4 * 1024 * 102
 
 // A dirty block that has not been written to for this long is packed even if its file is still open.
 export const PACK_IDLE_MS = envInt('COOPFS_PACK_IDLE_MS', 300)
+// How often a daemon gives the pages of freed malloc memory back to the system; 0: never.
+export const MALLOC_TRIM_MS = envInt('COOPFS_MALLOC_TRIM_MS', 5000)
 // Blocks behind the end of a file that is still being written wait for the writer to pause while the
 // write-back store is less than half full, for at most this long; after that they are packed behind it. A
 // burst of writes then runs at the speed of the local disk and the sealing work follows it.

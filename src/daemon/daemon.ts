@@ -6,8 +6,9 @@ import { CoopError } from '../errors.js'
 import { Home, assignColumn, isLocal, type HomeConfig } from '../home.js'
 import { deriveKeys } from '../crypto/keys.js'
 import { Engine } from './engine.js'
+import { MALLOC_TRIM_MS } from '../config.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
-import { fuseStatus } from '../fuse/libfuse.js'
+import { fuseStatus, trimMalloc } from '../fuse/libfuse.js'
 import { serveControl, type Request } from './control.js'
 import { PartnerService } from '../serve/service.js'
 
@@ -86,10 +87,16 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
     svc.on('restored', (hex: string) => eng.partnerRestored(hex))
   }
 
+  // The daemon's chunk and block buffers are freed into malloc's heaps, whose pages stay resident until
+  // trimmed: after a large write or read the daemon would keep the high-water mark of every phase.
+  const trimTimer = MALLOC_TRIM_MS > 0 ? setInterval(() => trimMalloc(), MALLOC_TRIM_MS) : null
+  trimTimer?.unref()
+
   const stop = (): Promise<void> => {
     if (!stopping) {
       stopping = (async () => {
         const t0 = Date.now()
+        if (trimTimer) clearInterval(trimTimer)
         if (mountpoint) {
           await kernelUnmount(mountpoint)
           log(`unmounted ${mountpoint}; storing what waits and closing`)

@@ -20,6 +20,7 @@ interface Preload {
   setNoCapabilities?: (absent: boolean) => void
   noteCreated?: (fh: number, ints: Uint32Array) => void
   answered?: () => AnsweredInAddon
+  trimMalloc?: () => boolean
 }
 
 // Requests the addon answered without the daemon since the mount (see native/preload.c).
@@ -47,6 +48,8 @@ export interface StatFields {
 }
 
 let preloaded: Preload | null = null
+// Whether loading the addon was tried (it is not retried after a failure).
+let preloadTried = false
 
 function loadPreload (): Preload | null {
   try {
@@ -109,6 +112,16 @@ function putUint64 (ints: Uint32Array, i: number, n: number): void {
   ints[i + 1] = Math.floor(n / 0x100000000)
 }
 
+// Gives the pages of freed memory in malloc's heaps back to the system (native/preload.c, trimMalloc);
+// false when there was nothing to give back or the addon is not built.
+export function trimMalloc (): boolean {
+  if (preloaded === null && !preloadTried) {
+    preloadTried = true
+    preloaded = loadPreload()
+  }
+  return preloaded?.trimMalloc?.() === true
+}
+
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.
 function preloadTookOver (): boolean {
   return preloaded?.tookOver?.() === true
@@ -116,7 +129,8 @@ function preloadTookOver (): boolean {
 
 export function loadFuse (): typeof FuseClass {
   if (loaded) return loaded
-  const preload = preloaded = loadPreload()
+  const preload = preloaded = preloaded ?? loadPreload()
+  preloadTried = true
   // Before fuse-native is loaded, so that its calls to fuse_new come to the addon.
   try {
     interposed = preload?.interpose?.() === true

@@ -75,11 +75,17 @@ export async function serveCommand (args: Args): Promise<void> {
   else process.stdout.write(`serving partners as ${cfg.publicKey} (daemon pid ${child}, log ${home.logFile})\n`)
 }
 
+// V8 flags of the daemon. Its young generation may grow to 2 x 4 MiB instead of node's 2 x 16 MiB: the
+// daemon's short-lived objects are small (its bulk data lives in buffers outside the V8 heap), and a
+// daemon that had read for a while kept some 24 MiB more resident with the default, for no measured gain
+// in speed.
+const DAEMON_NODE_FLAGS = ['--max-semi-space-size=4']
+
 // Starts the daemon in the background and waits for it to report ready.
 export function startDaemon (home: Home, command: string[], what: string): Promise<number> {
   fs.mkdirSync(home.dir, { recursive: true, mode: 0o700 })
   const logFd = fs.openSync(home.logFile, 'a', 0o600)
-  const child = spawn(process.execPath, [MAIN, ...command, '--home', home.dir, '--daemon-child'], {
+  const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, MAIN, ...command, '--home', home.dir, '--daemon-child'], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc']
   })
