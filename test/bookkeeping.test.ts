@@ -89,3 +89,25 @@ test('a new file that reuses a removed file\'s inode number keeps its own bytes 
   await fs.release(fh)
   t.ok(back.equals(b), `the new file reads back its own bytes (first bytes: ${back.subarray(0, 4).toString()})`)
 })
+
+// Handle numbers start over after 2^31 - 1; one still open must not be given out again.
+test('handle numbers start over at the top of their range and pass over handles still open', async t => {
+  const s = await init(t)
+  const engine = new Engine(new Home(s.home))
+  await engine.start()
+  t.teardown(() => engine.close(false))
+  const fs = engine.fs
+  const counter = fs as unknown as { nextFh: number }
+  const kept = fs.create('/kept', 0o644)
+  t.is(kept, 1, 'the first handle is 1')
+  counter.nextFh = 0x7fffffff - 1
+  const a = fs.create('/a', 0o644)
+  const b = fs.create('/b', 0o644)
+  const c = fs.create('/c', 0o644)
+  t.alike([a, b, c], [0x7fffffff - 1, 0x7fffffff, 2], 'the count goes to the top, starts over, and passes over handle 1, still open')
+  await fs.write(kept, Buffer.from('kept'), 4, 0)
+  await fs.write(c, Buffer.from('c'), 1, 0)
+  for (const fh of [kept, a, b, c]) await fs.release(fh)
+  t.is(fs.getattr('/kept').size, 4, 'the file behind the kept handle got its own write')
+  t.is(fs.getattr('/c').size, 1)
+})

@@ -622,9 +622,12 @@ export class Filesystem {
     return h
   }
 
+  // Handle numbers count up and start over after 2^31 - 1, passing over those still open: the kernel and the
+  // preload addon (read-only descriptors, attributes after a create) tell open files apart by them.
   private addHandle (ino: number, flags: number): number {
-    const fh = this.nextFh++
-    if (this.nextFh > 0x7fffffff) this.nextFh = 1
+    let fh = this.nextFh
+    while (this.handles.has(fh)) fh = fh >= 0x7fffffff ? 1 : fh + 1
+    this.nextFh = fh >= 0x7fffffff ? 1 : fh + 1
     this.handles.set(fh, { ino, flags })
     this.openCount.set(ino, (this.openCount.get(ino) ?? 0) + 1)
     return fh
