@@ -650,25 +650,22 @@ static napi_value trim_malloc (napi_env env, napi_callback_info info) {
 }
 
 static napi_value init (napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "trimMalloc", NAPI_AUTO_LENGTH, trim_malloc, NULL, &fn);
-  napi_set_named_property(env, exports, "trimMalloc", fn);
-  napi_create_function(env, "noteCreated", NAPI_AUTO_LENGTH, note_created_js, NULL, &fn);
-  napi_set_named_property(env, exports, "noteCreated", fn);
-  napi_create_function(env, "answered", NAPI_AUTO_LENGTH, answered_js, NULL, &fn);
-  napi_set_named_property(env, exports, "answered", fn);
-  napi_create_function(env, "setNoCapabilities", NAPI_AUTO_LENGTH, set_no_capabilities, NULL, &fn);
-  napi_set_named_property(env, exports, "setNoCapabilities", fn);
-  napi_create_function(env, "requestBytes", NAPI_AUTO_LENGTH, request_bytes_js, NULL, &fn);
-  napi_set_named_property(env, exports, "requestBytes", fn);
-  napi_create_function(env, "inForce", NAPI_AUTO_LENGTH, in_force, NULL, &fn);
-  napi_set_named_property(env, exports, "inForce", fn);
-  napi_create_function(env, "tookOver", NAPI_AUTO_LENGTH, took_over_js, NULL, &fn);
-  napi_set_named_property(env, exports, "tookOver", fn);
-  napi_create_function(env, "loadGlobal", NAPI_AUTO_LENGTH, load_global, NULL, &fn);
-  napi_set_named_property(env, exports, "loadGlobal", fn);
-  napi_create_function(env, "interpose", NAPI_AUTO_LENGTH, interpose, NULL, &fn);
-  napi_set_named_property(env, exports, "interpose", fn);
+  static const struct { const char *name; napi_callback fn; } functions[] = {
+    { "trimMalloc", trim_malloc },
+    { "noteCreated", note_created_js },
+    { "answered", answered_js },
+    { "setNoCapabilities", set_no_capabilities },
+    { "requestBytes", request_bytes_js },
+    { "inForce", in_force },
+    { "tookOver", took_over_js },
+    { "loadGlobal", load_global },
+    { "interpose", interpose }
+  };
+  for (size_t i = 0; i < sizeof(functions) / sizeof(functions[0]); i++) {
+    napi_value fn;
+    napi_create_function(env, functions[i].name, NAPI_AUTO_LENGTH, functions[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, functions[i].name, fn);
+  }
   return exports;
 }
 

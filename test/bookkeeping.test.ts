@@ -8,11 +8,17 @@ import { Home } from '../src/home.js'
 import { PACK_IDLE_MS } from '../src/config.js'
 import { init, sleep } from './helpers.js'
 
-test('per-file write bookkeeping is forgotten once files are packed, removed, or idle', async t => {
+// An engine on a fresh home with local partners, closed after the test.
+async function started (t: Parameters<typeof init>[0]): Promise<Engine> {
   const s = await init(t)
   const engine = new Engine(new Home(s.home))
   await engine.start()
   t.teardown(() => engine.close(false))
+  return engine
+}
+
+test('per-file write bookkeeping is forgotten once files are packed, removed, or idle', async t => {
+  const engine = await started(t)
   const fs = engine.fs
   const data = Buffer.alloc(200_000, 3)
   // Under the disk lock, so that no packer round runs in between.
@@ -58,10 +64,7 @@ test('per-file write bookkeeping is forgotten once files are packed, removed, or
 // same inode number (SQLite reuses the highest one). When that segment lands, the packer must not take the
 // old block for the new file's.
 test('a new file that reuses a removed file\'s inode number keeps its own bytes when the old file\'s segment lands', async t => {
-  const s = await init(t)
-  const engine = new Engine(new Home(s.home))
-  await engine.start()
-  t.teardown(() => engine.close(false))
+  const engine = await started(t)
   const fs = engine.fs
   const inSegment = (engine.packer as unknown as { inSegment: Map<string, number> }).inSegment
   const n = 100_000
@@ -92,10 +95,7 @@ test('a new file that reuses a removed file\'s inode number keeps its own bytes 
 
 // Handle numbers start over after 2^31 - 1; one still open must not be given out again.
 test('handle numbers start over at the top of their range and pass over handles still open', async t => {
-  const s = await init(t)
-  const engine = new Engine(new Home(s.home))
-  await engine.start()
-  t.teardown(() => engine.close(false))
+  const engine = await started(t)
   const fs = engine.fs
   const counter = fs as unknown as { nextFh: number }
   const kept = fs.create('/kept', 0o644)
