@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Runs every test file in its own process (brittle over tsx), two at a time, and ends with the line
 // CI reads: "N passed, N failed, N skipped". Exits non-zero when anything failed.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -45,6 +46,17 @@ async function lane () {
 
 await Promise.all(Array.from({ length: Math.min(JOBS, files.length) }, lane))
 
+// A test that throws ends without its teardowns, and a file stopped at the time limit runs none: their
+// mounts and daemons would outlive the run. They are named and stopped here.
+const left = leftBehind()
+if (left.mounts.length || left.daemons.length) {
+  console.log(`note: test files left ${left.mounts.length} mount(s) and ${left.daemons.length} daemon(s) behind; stopping them: ${[...left.mounts, ...left.daemons.map(d => `pid ${d}`)].join(', ')}`)
+  for (const mnt of left.mounts) spawnSync(process.execPath, [path.join(ROOT, 'bin', 'coopfs.js'), 'unmount', mnt], { cwd: os.tmpdir(), stdio: 'ignore', timeout: 60_000 })
+  for (const pid of leftBehind().daemons) {
+    try { process.kill(pid, 'SIGKILL') } catch {}
+  }
+}
+
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`)
 process.exitCode = failed ? 1 : 0
 
@@ -74,4 +86,23 @@ function runFile (file) {
 
 function indent (text) {
   return text.split('\n').map(l => '    ' + l).join('\n') + '\n'
+}
+
+// coopfs mounts under the tests' temporary folders, and daemons whose home is in one.
+function leftBehind () {
+  const prefix = path.join(os.tmpdir(), 'coopfs-test-')
+  let mounts = []
+  try {
+    mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').map(l => l.split(' '))
+      .filter(f => f[2] === 'fuse.coopfs' && f[1]?.startsWith(prefix)).map(f => f[1])
+  } catch {}
+  const daemons = []
+  for (const pid of fs.readdirSync('/proc').filter(n => /^\d+$/.test(n))) {
+    try {
+      const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+      const home = args[args.indexOf('--home') + 1]
+      if (args.includes('--daemon-child') && args.includes('--home') && home?.startsWith(prefix)) daemons.push(Number(pid))
+    } catch {}
+  }
+  return { mounts, daemons }
 }
