@@ -7,7 +7,7 @@ import { deriveKeys, newSecret } from '../dist/crypto/keys.js'
 
 const keys = deriveKeys(newSecret())
 
-test('pooled and inline sealing agree, and small or shared buffers survive the trip', async t => {
+test('pooled and inline sealing agree, on either side of the inline size, and small or shared buffers survive', async t => {
   const pool = PooledSealer.create(keys)
   t.teardown(() => pool.close())
   t.ok(pool.threads >= 1, 'runs on worker threads')
@@ -15,7 +15,8 @@ test('pooled and inline sealing agree, and small or shared buffers survive the t
   const small = Buffer.from('a small file')
   const big = crypto.randomBytes(300_000)
   const slice = big.subarray(1000, 1000 + 128 * 1024)
-  for (const plain of [small, slice]) {
+  // Chunks up to 16 KiB are sealed on the calling thread, larger ones on a worker: both sides of the line.
+  for (const plain of [small, crypto.randomBytes(16 * 1024), crypto.randomBytes(16 * 1024 + 1), slice]) {
     const before = Buffer.from(plain)
     const a = await pool.chunk(plain)
     const b = await inline.chunk(before)

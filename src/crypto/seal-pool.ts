@@ -66,6 +66,11 @@ export class InlineSealer implements Sealer {
   async close (): Promise<void> {}
 }
 
+// Chunks up to this size are sealed and opened on the calling thread: for a small file's chunk the trip to a
+// sealing thread and back (a message each way, a promise, buffers moved) costs the main thread more than the
+// crypto itself.
+const INLINE_CHUNK_BYTES = 16 * 1024
+
 export class PooledSealer implements Sealer {
   readonly threads: number
   private readonly workers: Worker[]
@@ -142,14 +147,14 @@ export class PooledSealer implements Sealer {
   }
 
   async chunk (plain: Buffer): Promise<{ id: Buffer, sealed: Buffer }> {
-    if (this.allDead()) return this.inline.chunk(plain)
+    if (this.allDead() || plain.length <= INLINE_CHUNK_BYTES) return this.inline.chunk(plain)
     const moved = owned(plain)
     const r = await this.send({ op: 'chunk', plain: moved }, [moved.buffer as ArrayBuffer]) as { id: Uint8Array, sealed: Uint8Array }
     return { id: toBuf(r.id), sealed: toBuf(r.sealed) }
   }
 
   async open (id: Buffer, sealed: Buffer): Promise<Buffer | null> {
-    if (this.allDead()) return this.inline.open(id, sealed)
+    if (this.allDead() || sealed.length <= INLINE_CHUNK_BYTES) return this.inline.open(id, sealed)
     const moved = owned(sealed)
     const r = await this.send({ op: 'open', id: Buffer.from(id), sealed: moved }, [moved.buffer as ArrayBuffer]) as { plain: Uint8Array | null }
     return r.plain ? toBuf(r.plain) : null
