@@ -257,7 +257,6 @@ export class Filesystem {
     return this.attrOf(this.handle(fh).ino)
   }
 
-
   private attrOf (ino: number): Attr {
     const inode = this.inode(ino)
     let blocks = 0
