@@ -1,14 +1,21 @@
 // The metadata store's write-ahead log is checkpointed by a thread of its own: committed pages reach the
 // database file without the store's thread copying them, the log stays bounded under a long run of
-// commits, and stopping the thread first lets the store close as the last connection, leaving a complete
-// database file. Uses the built files: the checkpointer runs compiled code.
+// commits (past its ceiling the store checkpoints itself, after waiting for a round of the thread), and
+// stopping the thread first lets the store close as the last connection, leaving a complete database file.
+// Uses the built files: the checkpointer runs compiled code.
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { MetaStore, WAL_CHECKPOINT_PAGES } from '../dist/fs/meta-store.js'
+import { Worker } from 'node:worker_threads'
+import { MetaStore, WAL_CEILING_PAGES } from '../dist/fs/meta-store.js'
+import { CKPT_IDLE, CKPT_THREAD } from '../dist/fs/wal-lock.js'
 import { tmpdir } from './helpers.js'
 
 const PAGE = 4096
+const FRAME = PAGE + 24
+const CEILING_BYTES = 32 + WAL_CEILING_PAGES * FRAME
+// A commit of one 16 KiB value writes its overflow pages, its leaf and at most a few pages of the tree above.
+const ONE_COMMIT_BYTES = 16 * FRAME
 
 function fresh (t: { teardown: (fn: () => unknown) => void }): string {
   const dir = tmpdir()
@@ -65,11 +72,15 @@ test('the log stays bounded under a long run of commits, and stopping twice is h
   const file = fresh(t)
   const meta = new MetaStore(file)
   meta.checkpointInBackground()
-  // Over 48,000 pages, six times the size at which SQLite's own checkpoint lets the log start over.
-  await commit(meta, 12000, 4 * PAGE)
-  const frame = PAGE + 24
-  const log = size(file + '-wal')
-  t.ok(log > 0 && log <= 2 * WAL_CHECKPOINT_PAGES * frame, `log of ${log} bytes, for ${12000 * 4 * frame} written`)
+  // Over 48,000 pages, three times the ceiling. However the thread's rounds fall, the log stops at the
+  // ceiling plus the commit that passed it.
+  let most = 0
+  for (let from = 0; from < 12000; from += 100) {
+    await commit(meta, 100, 4 * PAGE, from)
+    most = Math.max(most, size(file + '-wal'))
+  }
+  t.ok(most > 0 && most <= CEILING_BYTES + ONE_COMMIT_BYTES,
+    `log of at most ${most} bytes for ${12000 * 4 * FRAME} written; checkpoints at the ceiling: ${meta.ceilingCheckpoints}`)
   await meta.stopCheckpointer()
   await meta.stopCheckpointer()
   await commit(meta, 10, PAGE, 12000)
@@ -77,5 +88,53 @@ test('the log stays bounded under a long run of commits, and stopping twice is h
   const again = new MetaStore(file)
   t.alike(again.kvGet('k11999'), Buffer.alloc(4 * PAGE, 11999 & 0xff))
   t.alike(again.kvGet('k12009'), Buffer.alloc(PAGE, 12009 & 0xff), 'commits after the thread stopped are kept')
+  again.close()
+})
+
+test('past the ceiling the store waits for the round of the thread, then checkpoints the log itself', async t => {
+  const file = fresh(t)
+  const wal = file + '-wal'
+  const meta = new MetaStore(file)
+  meta.checkpointInBackground()
+  // SQLite's own checkpoint off, and the word the store shares with the thread set as by a round that does
+  // not end: nothing copies the log until the store does it at the ceiling.
+  meta.db.pragma('wal_autocheckpoint = 0')
+  const lock = (meta as unknown as { ckptLock: Int32Array }).ckptLock
+  t.ok(lock instanceof Int32Array, 'the store shares a word with the thread')
+  Atomics.store(lock, 0, CKPT_THREAD)
+  // The round ends from another thread once the log is past the ceiling, while the store waits for it.
+  const ender = new Worker(`
+    const { workerData: { lock, wal, ceiling, idle }, parentPort } = require('node:worker_threads')
+    const fs = require('node:fs')
+    const nap = new Int32Array(new SharedArrayBuffer(4))
+    while (!(fs.existsSync(wal) && fs.statSync(wal).size > ceiling)) Atomics.wait(nap, 0, 0, 10)
+    Atomics.wait(nap, 0, 0, 200)
+    Atomics.store(lock, 0, idle)
+    Atomics.notify(lock, 0)
+    parentPort.postMessage('ended')
+  `, { eval: true, workerData: { lock, wal, ceiling: CEILING_BYTES, idle: CKPT_IDLE } })
+  const ended = new Promise(resolve => ender.once('message', resolve))
+  t.teardown(() => ender.terminate())
+
+  let most = 0
+  let n = 0
+  // Bounded: the ceiling is about 4,100 of these commits away.
+  while (meta.ceilingCheckpoints === 0 && n < 20_000) {
+    meta.tx(() => meta.kvSet(`k${n}`, Buffer.alloc(4 * PAGE, n & 0xff)))
+    most = Math.max(most, size(wal))
+    n++
+  }
+  t.is(await ended, 'ended', 'the round ended while the store waited')
+  t.is(meta.ceilingCheckpoints, 1, `the store checkpointed at the ceiling, after ${n} commits`)
+  t.ok(most > CEILING_BYTES && most <= CEILING_BYTES + ONE_COMMIT_BYTES, `log of at most ${most} bytes`)
+  await commit(meta, 10, 4 * PAGE, n)
+  const [r] = meta.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ log: number }>
+  t.ok(r.log <= 10 * 16, `the next commits wrote the log from its beginning (${r.log} pages in it)`)
+  t.ok(size(wal) <= CEILING_BYTES, 'and the log file was cut back to the ceiling')
+  await meta.stopCheckpointer()
+  meta.close()
+  const again = new MetaStore(file)
+  t.alike(again.kvGet(`k${n + 9}`), Buffer.alloc(4 * PAGE, (n + 9) & 0xff), 'everything committed reads back')
+  t.alike(again.kvGet('k0'), Buffer.alloc(4 * PAGE, 0))
   again.close()
 })

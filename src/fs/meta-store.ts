@@ -5,6 +5,7 @@ import Database from 'better-sqlite3'
 import fs from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
+import { CKPT_IDLE, CKPT_STORE, CKPT_THREAD } from './wal-lock.js'
 
 export const ROOT_INO = 1
 
@@ -70,6 +71,14 @@ const INODE_CACHE_ENTRIES = 50_000
 // without a checkpointer thread, the larger mark with one, when it finds most pages copied already.
 const SQLITE_CHECKPOINT_PAGES = 1000
 export const WAL_CHECKPOINT_PAGES = 8192
+// With the thread, SQLite's own checkpoint is turned away while a round of the thread runs, and the log
+// grows on meanwhile (a round's syncs can take a second on a busy disk). Past this many pages the store
+// waits for the round to end and checkpoints the log itself, as SQLite does without the thread.
+export const WAL_CEILING_PAGES = 2 * WAL_CHECKPOINT_PAGES
+// The longest the store waits for a round of the thread before it checkpoints anyway.
+const WAL_CEILING_WAIT_MS = 10_000
+const WAL_HEADER_BYTES = 32
+const WAL_FRAME_HEADER_BYTES = 24
 const CHECKPOINTER_FILE = fileURLToPath(new URL('./wal-checkpointer.js', import.meta.url))
 
 export class MetaStore {
@@ -77,6 +86,11 @@ export class MetaStore {
   private readonly st: Record<string, Database.Statement>
   private readonly inodeCache = new Map<number, Inode>()
   private checkpointer: Worker | null = null
+  private ckptLock: Int32Array | null = null
+  private walFd: number | null = null
+  private walCeilingBytes = 0
+  // Checkpoints the store made itself because the log passed its ceiling (see boundLog).
+  ceilingCheckpoints = 0
 
   constructor (file: string | Buffer) {
     this.db = typeof file === 'string' ? new Database(file) : new Database(file)
@@ -139,9 +153,10 @@ export class MetaStore {
   // wal-checkpointer.ts). Only for a store in a file; without threads SQLite keeps checkpointing here.
   checkpointInBackground (): void {
     if (this.checkpointer || this.db.memory || !fs.existsSync(CHECKPOINTER_FILE)) return
+    const lock = new Int32Array(new SharedArrayBuffer(4))
     let worker: Worker
     try {
-      worker = new Worker(CHECKPOINTER_FILE, { workerData: { file: this.db.name } })
+      worker = new Worker(CHECKPOINTER_FILE, { workerData: { file: this.db.name, lock } })
     } catch {
       return
     }
@@ -149,12 +164,14 @@ export class MetaStore {
     const fallBack = (): void => {
       if (this.checkpointer !== worker) return
       this.checkpointer = null
+      this.unwatchLog()
       if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${SQLITE_CHECKPOINT_PAGES}`)
     }
     worker.on('error', fallBack)
     worker.on('exit', fallBack)
     this.checkpointer = worker
     this.db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`)
+    this.watchLog(lock)
   }
 
   // Stops the checkpointer thread after its connection closed, so that closing this one, the last, leaves
@@ -163,6 +180,7 @@ export class MetaStore {
     const worker = this.checkpointer
     if (!worker) return
     this.checkpointer = null
+    this.unwatchLog()
     const gone = new Promise<void>(resolve => worker.once('exit', () => resolve()))
     worker.postMessage('close')
     const timer = setTimeout(() => { void worker.terminate() }, 5000)
@@ -174,7 +192,54 @@ export class MetaStore {
   close (): void {
     void this.checkpointer?.terminate()
     this.checkpointer = null
+    this.unwatchLog()
     this.db.close()
+  }
+
+  // The log's size is looked at after every commit made through tx() while the thread runs. The log file
+  // is written from its beginning again after a complete checkpoint, and SQLite cuts it back to the
+  // journal size limit then, so a file longer than the ceiling means a log longer than the ceiling.
+  private watchLog (lock: Int32Array): void {
+    const pageSize = this.db.pragma('page_size', { simple: true }) as number
+    this.walCeilingBytes = WAL_HEADER_BYTES + WAL_CEILING_PAGES * (pageSize + WAL_FRAME_HEADER_BYTES)
+    this.db.pragma(`journal_size_limit = ${this.walCeilingBytes}`)
+    try {
+      this.walFd = fs.openSync(this.walFile(), 'r')
+    } catch {
+      return
+    }
+    this.ckptLock = lock
+  }
+
+  private unwatchLog (): void {
+    this.ckptLock = null
+    if (this.walFd !== null) fs.closeSync(this.walFd)
+    this.walFd = null
+  }
+
+  // Past the ceiling: waits for the thread's round (if one runs) to end, keeps the thread from starting
+  // another, and checkpoints here, blocking this thread as SQLite's own checkpoint does. With every page
+  // copied, the next commit writes the log from its beginning. PASSIVE, as SQLite's own: a reader that
+  // holds back the copy (none in the daemon) is not waited for.
+  private boundLog (): void {
+    const lock = this.ckptLock
+    if (!lock || this.walFd === null || fs.fstatSync(this.walFd).size <= this.walCeilingBytes) return
+    const end = Date.now() + WAL_CEILING_WAIT_MS
+    let held = false
+    for (;;) {
+      held = Atomics.compareExchange(lock, 0, CKPT_IDLE, CKPT_STORE) === CKPT_IDLE
+      const left = end - Date.now()
+      if (held || left <= 0) break
+      Atomics.wait(lock, 0, CKPT_THREAD, Math.min(left, 100))
+    }
+    try {
+      const [r] = this.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>
+      if (r !== undefined && r.busy === 0 && r.checkpointed === r.log) this.ceilingCheckpoints++
+    } catch {
+      // What was committed stays committed; the next commit tries again.
+    } finally {
+      if (held) Atomics.store(lock, 0, CKPT_IDLE)
+    }
   }
 
   // The write-back store's hook: it runs first inside every transaction and stores inline file data there,
@@ -202,6 +267,7 @@ export class MetaStore {
       const run = this.onCommitted
       this.onCommitted = []
       for (const fn of run) fn()
+      this.boundLog()
     }
     return out
   }

@@ -4,9 +4,11 @@
 // connection copies what is committed every few milliseconds while the store keeps appending (a PASSIVE
 // checkpoint never blocks the writer). The store keeps SQLite's own checkpoint, at a higher mark than
 // SQLite's default: by the time it runs, it finds most pages copied, syncs, and lets the store's next
-// commit write the log from its beginning again (see MetaStore.checkpointInBackground).
+// commit write the log from its beginning again (see MetaStore.checkpointInBackground). Each round takes
+// the word it shares with the store (wal-lock.ts), and skips its turn while the store checkpoints.
 import { parentPort, workerData } from 'node:worker_threads'
 import Database from 'better-sqlite3'
+import { CKPT_IDLE, CKPT_THREAD } from './wal-lock.js'
 
 // After a round that copied nothing the pause doubles, up to the longest: an idle store costs two wake-ups
 // a second, and a burst of commits after a quiet spell waits at most that long for its first round.
@@ -15,7 +17,8 @@ const LONGEST_PAUSE_MS = 500
 
 interface CheckpointResult { busy: number, log: number, checkpointed: number }
 
-const db = new Database((workerData as { file: string }).file)
+const { file, lock } = workerData as { file: string, lock?: Int32Array }
+const db = new Database(file)
 db.pragma('synchronous = NORMAL')
 db.pragma('cache_size = -512')
 let pause = SHORTEST_PAUSE_MS
@@ -23,6 +26,11 @@ let copiedSoFar = -1
 let timer: NodeJS.Timeout | null = null
 
 function round (): void {
+  // The store is checkpointing the log itself: try again soon.
+  if (lock && Atomics.compareExchange(lock, 0, CKPT_IDLE, CKPT_THREAD) !== CKPT_IDLE) {
+    timer = setTimeout(round, SHORTEST_PAUSE_MS)
+    return
+  }
   let copied = false
   try {
     const [r] = db.pragma('wal_checkpoint(PASSIVE)') as CheckpointResult[]
@@ -30,6 +38,11 @@ function round (): void {
     copiedSoFar = r?.checkpointed ?? -1
   } catch {
     // Busy: the store's own checkpoint still runs, and the next round tries again.
+  } finally {
+    if (lock) {
+      Atomics.store(lock, 0, CKPT_IDLE)
+      Atomics.notify(lock, 0)
+    }
   }
   pause = copied ? SHORTEST_PAUSE_MS : Math.min(pause * 2, LONGEST_PAUSE_MS)
   timer = setTimeout(round, pause)
