@@ -8,7 +8,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..')
-const FILE_TIMEOUT_MS = Number(process.env.COOPFS_TEST_FILE_TIMEOUT_MS || 300_000)
+const FILE_TIMEOUT_MS = Number(process.env.COOPFS_TEST_FILE_TIMEOUT_MS || 480_000)
 
 const only = process.argv.slice(2)
 const files = fs.readdirSync(path.join(ROOT, 'test'))

@@ -6,7 +6,7 @@ import test from 'brittle'
 import { Engine } from '../src/daemon/engine.js'
 import { Home } from '../src/home.js'
 import { PACK_IDLE_MS } from '../src/config.js'
-import { init, sleep } from './helpers.js'
+import { init, sleep, until } from './helpers.js'
 
 // An engine on a fresh home with local partners, closed after the test.
 async function started (t: Parameters<typeof init>[0]): Promise<Engine> {
@@ -77,7 +77,7 @@ test('a new file that reuses a removed file\'s inode number keeps its own bytes 
   const inoA = fs.getattr('/a').ino
   // The packer takes the file once it is idle, and appends its block to the open segment, which waits a
   // little for more data before it is written.
-  for (let i = 0; i < 200 && !inSegment.has(inoA + ':0'); i++) await sleep(10)
+  await until(() => inSegment.has(inoA + ':0'), 15_000, 5)
   t.ok(inSegment.has(inoA + ':0'), 'the removed file\'s block is in a segment not yet stored')
   await fs.unlink('/a')
   fh = fs.create('/b', 0o644)

@@ -601,7 +601,7 @@ test('requests of up to 1 MiB: single large writes and reads at any offset, thro
   t.ok(back.equals(mirror.subarray(CHUNK + 1, CHUNK + 1 + back.length)), 'with the bytes written')
   fs.fsyncSync(fd)
   // fsync alone made the file durable: the daemon dies with the descriptor still open.
-  await killDaemon(s, 10_000)
+  await killDaemon(s)
   try { fs.closeSync(fd) } catch {}
   await mount(s)
   t.ok(fs.readFileSync(file).equals(mirror), 'the whole file is there after kill -9 and mount')
@@ -685,7 +685,7 @@ test('read-only descriptors open and close beside a writer; what the writer\'s c
     fs.closeSync(r)
   }
   fs.closeSync(w)
-  await killDaemon(s, 10_000)
+  await killDaemon(s)
   await mount(s)
   t.ok(fs.readFileSync(file).equals(data), 'the bytes the writer closed are there after kill -9')
   await unmount(s.mnt)
@@ -703,7 +703,7 @@ test('fsync of a file and of a directory return, and fsynced data survives kill 
   fs.fsyncSync(dfd)
   fs.closeSync(dfd)
   // The file stays open: only fsync made it durable.
-  await killDaemon(s, 10_000)
+  await killDaemon(s)
   try { fs.closeSync(fd) } catch {}
   t.absent(isMounted(s.mnt), 'the mount went with the daemon')
   await mount(s)

@@ -4,7 +4,12 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { configure } from 'brittle'
 import { CoopError } from '../src/errors.js'
+
+// Every test of a file that mounts or starts daemons gets two minutes unless it says otherwise (brittle's
+// own default is 30 s): on a loaded machine a few mounts, unmounts and syncs can take that long.
+configure({ timeout: 120_000 })
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BIN = path.join(ROOT, 'bin', 'coopfs.js')
@@ -120,11 +125,12 @@ export function writebackFiles (home: string): string[] {
   return fs.readdirSync(path.join(home, 'writeback')).filter(n => /^\d+$/.test(n))
 }
 
-// kill -9 of the home's daemon; waits up to ms for the kernel to drop its mount (auto_unmount).
-export async function killDaemon (s: { home: string, mnt: string }, ms: number): Promise<void> {
+// kill -9 of the home's daemon; waits up to ms for the kernel to drop its mount (auto_unmount: a helper
+// process of its own has to run for that) and throws if it did not.
+export async function killDaemon (s: { home: string, mnt: string }, ms = 30_000): Promise<void> {
   const { pid } = await status(s.home)
   process.kill(pid, 'SIGKILL')
-  await until(() => !isMounted(s.mnt), ms, 50)
+  if (!await until(() => !isMounted(s.mnt), ms, 50)) throw new Error(`${s.mnt} still mounted ${ms / 1000} s after kill -9 of its daemon`)
 }
 
 export function isMounted (mnt: string): boolean {

@@ -28,19 +28,35 @@ export interface Net {
   matcher: ChildProcess
 }
 
-// A bootstrap node in its own process, stopped (with every daemon under dir) at teardown.
+// A matcher on port, once it printed its key; or why it did not start.
+function startMatcher (port: number): Promise<ChildProcess | string> {
+  const child = spawn(process.execPath, [BIN, 'matcher', '--port', String(port), '--host', HOST, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  return new Promise(resolve => {
+    let out = ''
+    let err = ''
+    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve('did not start within 60 s') }, 60_000)
+    child.stdout!.on('data', d => {
+      out += d
+      if (out.includes('"publicKey"')) { clearTimeout(timer); resolve(child) }
+    })
+    child.stderr!.on('data', d => { err += d })
+    child.once('exit', code => { clearTimeout(timer); resolve(`exited with ${code}: ${err.trim()}`) })
+  })
+}
+
+// A bootstrap node in its own process, stopped (with every daemon under dir) at teardown. The port is
+// found free first and bound by the matcher a moment later; another test's node may take it meanwhile, so
+// a matcher that fails to start is tried again on another port.
 export async function startNet (t: Teardown): Promise<Net> {
   const dir = tmpdir('coopfs-net-')
-  const port = await freeUdpPort(HOST)
-  const matcher = spawn(process.execPath, [BIN, 'matcher', '--port', String(port), '--host', HOST, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  await new Promise<void>((resolve, reject) => {
-    let out = ''
-    matcher.stdout!.on('data', d => {
-      out += d
-      if (out.includes('"publicKey"')) resolve()
-    })
-    matcher.once('exit', code => reject(new Error(`matcher exited with ${code}`)))
-  })
+  let port = await freeUdpPort(HOST)
+  let started = await startMatcher(port)
+  for (let attempt = 2; typeof started === 'string' && attempt <= 3; attempt++) {
+    port = await freeUdpPort(HOST)
+    started = await startMatcher(port)
+  }
+  if (typeof started === 'string') throw new Error(`matcher on port ${port} ${started}`)
+  const matcher = started
   const bootstrap = `${HOST}:${port}`
   const net: Net = { dir, bootstrap, flags: ['--bootstrap', bootstrap, '--host', HOST], matcher }
   // A test process that dies before its teardown still takes its daemons and bootstrap node with it.
@@ -106,7 +122,7 @@ export function killNode (node: Node): void {
   fs.rmSync(path.join(node.home, 'daemon.pid'), { force: true })
 }
 
-export async function waitFor (what: string, fn: () => Promise<boolean>, ms = 30_000): Promise<void> {
+export async function waitFor (what: string, fn: () => Promise<boolean>, ms = 90_000): Promise<void> {
   const deadline = Date.now() + ms
   while (!(await fn())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)

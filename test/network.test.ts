@@ -81,6 +81,7 @@ test('sync --timeout gives up with a reason when too few partners are up; late b
   killNode(partners[0])
   await unmount(mnt)
   t.is((await cli(['mount', mnt, '--home', owner.home])).code, 0)
+  await waitOnline(owner, 2)
   t.alike(fs.readFileSync(path.join(mnt, 'f')), data, 'the file reads back from the partners that were late')
 })
 
@@ -126,6 +127,7 @@ test('a partner that restored on a new machine gets its share back', { timeout: 
   killNode(s)
   await unmount(mntA)
   t.is((await cli(['mount', mntA, '--home', a.home])).code, 0)
+  await waitOnline(a, 1)
   t.alike(fs.readFileSync(path.join(mntA, 'a.bin')), dataA, 'A reads its file from the blocks B reloaded')
 })
 

@@ -4,7 +4,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { cli, init, mount, sync, unmount, partnerDirs, sh, status, isMounted, type Run, type Setup } from './helpers.js'
+import { cli, init, mount, sync, unmount, partnerDirs, sh, status, killDaemon, type Run, type Setup } from './helpers.js'
 import { snapshot, writeTree, xattrOf } from './tree.js'
 
 // Mounts at s.mnt with --recover into the new home newHome, the key given through the environment.
@@ -80,15 +80,13 @@ test('data packed in the background is checkpointed without a sync and survives 
   fs.writeFileSync(path.join(s.mnt, 'background.bin'), data)
   // Bounded by count, not time: wait until the daemon reports everything stored and checkpointed.
   let settled = false
-  for (let i = 0; i < 200 && !settled; i++) {
+  for (let i = 0; i < 600 && !settled; i++) {
     const st = await status(s.home)
     settled = st.bytesPending === 0 && st.changedSinceCheckpoint === false && st.checkpoint > 0
     if (!settled) await new Promise(resolve => setTimeout(resolve, 100))
   }
   t.ok(settled, 'the daemon reports the data stored and checkpointed')
-  const { pid } = await status(s.home)
-  process.kill(pid, 'SIGKILL')
-  for (let i = 0; i < 100 && isMounted(s.mnt); i++) await new Promise(resolve => setTimeout(resolve, 50))
+  await killDaemon(s)
   const partners = partnerDirs(s.home)
   fs.rmSync(s.home, { recursive: true })
   const rec = await recoverWithKey(s, 'h2', partners, s.recoveryKey)

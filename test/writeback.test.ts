@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { WriteBack, INLINE_MAX_BYTES } from '../src/fs/writeback.js'
 import { MetaStore } from '../src/fs/meta-store.js'
-import { tmpdir } from './helpers.js'
+import { tmpdir, until } from './helpers.js'
 
 // A fresh folder with a metadata store in it, both gone after the test; the write-back store goes in wbDir.
 function setup (t: { teardown: (fn: () => unknown) => void }): { meta: MetaStore, wbDir: string } {
@@ -120,7 +120,7 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
   t.is(rows(), 0)
   t.alike(fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n)), [], 'the file is gone at once')
   // Its blocks are freed in the background.
-  for (let i = 0; i < 100 && fs.readdirSync(wbDir).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  await until(() => fs.readdirSync(wbDir).length === 0, 15_000)
   t.alike(fs.readdirSync(wbDir), [], 'nothing is left behind')
   await wb.close()
   // A daemon killed before the background unlink ran leaves the renamed file: the next start deletes it.

@@ -29,6 +29,8 @@ export interface NetOptions {
   handlers: Handlers
   // Whether a connection from this key may come in.
   allow: (key: Buffer) => boolean
+  // The first limit for a connection's channel to open (default OPEN_TIMEOUT_MS).
+  openTimeoutMs?: number
 }
 
 // A UDP port free on host right now (for a bootstrap node started next).
@@ -158,7 +160,7 @@ export class NetNode extends EventEmitter {
       socket.destroy()
       return
     }
-    const peer = this.wrap(socket, key, OPEN_TIMEOUT_MS * 4)
+    const peer = this.wrap(socket, key, (this.opts.openTimeoutMs ?? OPEN_TIMEOUT_MS) * 4)
     let set = this.inbound.get(peer.hex)
     if (!set) this.inbound.set(peer.hex, set = new Set())
     set.add(peer)
@@ -190,7 +192,7 @@ export class NetNode extends EventEmitter {
     this.dials++
     const socket = this.dht.connect(link.key, { keyPair: this.opts.keyPair })
     socket.on('error', () => {})
-    const peer = this.wrap(socket, link.key, OPEN_TIMEOUT_MS * 2 ** Math.min(link.attempts, 3))
+    const peer = this.wrap(socket, link.key, (this.opts.openTimeoutMs ?? OPEN_TIMEOUT_MS) * 2 ** Math.min(link.attempts, 3))
     peer.opened.then(ok => {
       link.dialing = false
       if (!ok || peer.closed) return
