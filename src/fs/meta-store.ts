@@ -319,7 +319,21 @@ export class MetaStore {
 
   createInode (attrs: Omit<Inode, 'ino'>): number {
     const ino = Number(this.st.insertInode.run(attrs).lastInsertRowid)
-    this.inodeCache.delete(ino)
+    // Cached as a read of the row gives it: the attributes the create answers with come from here.
+    this.cacheInode({
+      ino,
+      mode: attrs.mode,
+      uid: attrs.uid,
+      gid: attrs.gid,
+      nlink: attrs.nlink,
+      size: attrs.size,
+      atime: attrs.atime,
+      mtime: attrs.mtime,
+      ctime: attrs.ctime,
+      rdev: attrs.rdev,
+      target: attrs.target,
+      parent: attrs.parent
+    })
     return ino
   }
 
