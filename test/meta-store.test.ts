@@ -9,7 +9,7 @@ import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { MetaStore, WAL_CEILING_PAGES } from '../dist/fs/meta-store.js'
 import { CKPT_IDLE, CKPT_THREAD } from '../dist/fs/wal-lock.js'
-import { tmpdir } from './helpers.js'
+import { sleep, tmpdir } from './helpers.js'
 
 const PAGE = 4096
 const FRAME = PAGE + 24
@@ -102,18 +102,25 @@ test('past the ceiling the store waits for the round of the thread, then checkpo
   const lock = (meta as unknown as { ckptLock: Int32Array }).ckptLock
   t.ok(lock instanceof Int32Array, 'the store shares a word with the thread')
   Atomics.store(lock, 0, CKPT_THREAD)
-  // The round ends from another thread once the log is past the ceiling, while the store waits for it.
+  // Another thread ends the round once the log is past the ceiling and the store waits on the word: it
+  // wakes the word's waiters until one was woken (the store, which finds the word still held and waits
+  // again), then frees the word. A store that did not wait would never be found waiting.
   const ender = new Worker(`
     const { workerData: { lock, wal, ceiling, idle }, parentPort } = require('node:worker_threads')
     const fs = require('node:fs')
     const nap = new Int32Array(new SharedArrayBuffer(4))
-    while (!(fs.existsSync(wal) && fs.statSync(wal).size > ceiling)) Atomics.wait(nap, 0, 0, 10)
-    Atomics.wait(nap, 0, 0, 200)
+    while (!(fs.existsSync(wal) && fs.statSync(wal).size > ceiling)) Atomics.wait(nap, 0, 0, 5)
+    const end = Date.now() + 30000
+    let woke = 0
+    while (woke === 0 && Date.now() < end) {
+      woke = Atomics.notify(lock, 0)
+      if (woke === 0) Atomics.wait(nap, 0, 0, 5)
+    }
     Atomics.store(lock, 0, idle)
     Atomics.notify(lock, 0)
-    parentPort.postMessage('ended')
+    parentPort.postMessage(woke)
   `, { eval: true, workerData: { lock, wal, ceiling: CEILING_BYTES, idle: CKPT_IDLE } })
-  const ended = new Promise(resolve => ender.once('message', resolve))
+  const ended = new Promise<number>(resolve => ender.once('message', resolve))
   t.teardown(() => ender.terminate())
 
   let most = 0
@@ -124,17 +131,55 @@ test('past the ceiling the store waits for the round of the thread, then checkpo
     most = Math.max(most, size(wal))
     n++
   }
-  t.is(await ended, 'ended', 'the round ended while the store waited')
+  t.ok(await ended >= 1, 'the store waited on the word while the round lasted')
+  // After a wait that ran out the store does not checkpoint, so this one followed the round's end.
   t.is(meta.ceilingCheckpoints, 1, `the store checkpointed at the ceiling, after ${n} commits`)
+  t.ok(size(file) > PAGE, 'the pages were copied into the database file')
   t.ok(most > CEILING_BYTES && most <= CEILING_BYTES + ONE_COMMIT_BYTES, `log of at most ${most} bytes`)
   await commit(meta, 10, 4 * PAGE, n)
-  const [r] = meta.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ log: number }>
-  t.ok(r.log <= 10 * 16, `the next commits wrote the log from its beginning (${r.log} pages in it)`)
-  t.ok(size(wal) <= CEILING_BYTES, 'and the log file was cut back to the ceiling')
   await meta.stopCheckpointer()
+  const [r] = meta.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number }>
+  t.ok(r.busy === 0 && r.log > 0 && r.log <= 10 * 16, `the next commits wrote the log from its beginning (${r.log} pages in it)`)
+  t.ok(size(wal) <= CEILING_BYTES, 'and the log file was cut back to the ceiling')
   meta.close()
   const again = new MetaStore(file)
   t.alike(again.kvGet(`k${n + 9}`), Buffer.alloc(4 * PAGE, (n + 9) & 0xff), 'everything committed reads back')
   t.alike(again.kvGet('k0'), Buffer.alloc(4 * PAGE, 0))
+  again.close()
+})
+
+test('a round of the thread that outlasts the wait costs one wait, not one per commit', async t => {
+  const file = fresh(t)
+  const meta = new MetaStore(file)
+  meta.checkpointInBackground()
+  meta.db.pragma('wal_autocheckpoint = 0')
+  const lock = (meta as unknown as { ckptLock: Int32Array }).ckptLock
+  Atomics.store(lock, 0, CKPT_THREAD)
+  let n = 0
+  // Bounded: the ceiling is about 2,100 of these commits away, and the commit that passes it waits 10 s.
+  while (meta.ceilingWaitsRunOut === 0 && n < 20_000) {
+    meta.tx(() => meta.kvSet(`k${n}`, Buffer.alloc(4 * PAGE, n & 0xff)))
+    n++
+  }
+  t.is(meta.ceilingWaitsRunOut, 1, `the wait ran out, after ${n} commits`)
+  t.is(meta.ceilingCheckpoints, 0, 'with the round still on, the store did not checkpoint')
+  await commit(meta, 20, 4 * PAGE, n)
+  t.is(meta.ceilingWaitsRunOut, 1, 'the next commits, with the same round on, did not wait')
+  t.is(meta.ceilingCheckpoints, 0)
+  // The round ends. The next commit finds the word free and checkpoints, unless the thread, trying again
+  // every 20 ms, takes the word first and copies the log itself; either way the log starts over.
+  Atomics.store(lock, 0, CKPT_IDLE)
+  let more = 0
+  const deadline = Date.now() + 60_000
+  while (size(file + '-wal') > CEILING_BYTES && Date.now() < deadline) {
+    await commit(meta, 1, 4 * PAGE, n + 20 + more++)
+    await sleep(10)
+  }
+  t.ok(size(file + '-wal') <= CEILING_BYTES, `once the round ended, the log started over (checkpoints by the store: ${meta.ceilingCheckpoints})`)
+  t.is(meta.ceilingWaitsRunOut, 1, 'and no wait ran out again')
+  await meta.stopCheckpointer()
+  meta.close()
+  const again = new MetaStore(file)
+  t.alike(again.kvGet(`k${n + 19 + more}`), Buffer.alloc(4 * PAGE, (n + 19 + more) & 0xff), 'everything committed reads back')
   again.close()
 })

@@ -48,7 +48,6 @@ function startMatcher (port: number): Promise<ChildProcess | string> {
 // found free first and bound by the matcher a moment later; another test's node may take it meanwhile, so
 // a matcher that fails to start is tried again on another port.
 export async function startNet (t: Teardown): Promise<Net> {
-  const dir = tmpdir('coopfs-net-')
   let port = await freeUdpPort(HOST)
   let started = await startMatcher(port)
   for (let attempt = 2; typeof started === 'string' && attempt <= 3; attempt++) {
@@ -57,6 +56,7 @@ export async function startNet (t: Teardown): Promise<Net> {
   }
   if (typeof started === 'string') throw new Error(`matcher on port ${port} ${started}`)
   const matcher = started
+  const dir = tmpdir('coopfs-net-')
   const bootstrap = `${HOST}:${port}`
   const net: Net = { dir, bootstrap, flags: ['--bootstrap', bootstrap, '--host', HOST], matcher }
   // A test process that dies before its teardown still takes its daemons and bootstrap node with it.

@@ -372,7 +372,8 @@ test('a key with no agreement gets no connection to the partner, and the partner
   const started = Date.now()
   const p = await stranger.svc.node.waitPeer(partner.hex, 4000)
   t.is(p, null, 'waitPeer gives nothing')
-  t.ok(Date.now() - started < 30_000, 'and returns, without hanging')
+  const waited = Date.now() - started
+  t.ok(waited >= 3990 && waited < 30_000, `after the time asked, without hanging (${waited} ms)`)
   t.is(stranger.svc.agreement(partner.hex)?.state, 'proposed', 'the stranger\'s proposal was never answered')
   t.alike(partner.svc.list().map(r => r.key), [owner.hex], 'the partner lists only its partner')
   t.absent(partner.svc.agreement(stranger.hex))

@@ -89,8 +89,11 @@ export class MetaStore {
   private ckptLock: Int32Array | null = null
   private walFd: number | null = null
   private walCeilingBytes = 0
-  // Checkpoints the store made itself because the log passed its ceiling (see boundLog).
+  private roundOutlasted = false
+  // Checkpoints the store made itself because the log passed its ceiling, and waits for a round of the
+  // thread that ran out before the round ended (see boundLog).
   ceilingCheckpoints = 0
+  ceilingWaitsRunOut = 0
 
   constructor (file: string | Buffer) {
     this.db = typeof file === 'string' ? new Database(file) : new Database(file)
@@ -198,7 +201,8 @@ export class MetaStore {
 
   // The log's size is looked at after every commit made through tx() while the thread runs. The log file
   // is written from its beginning again after a complete checkpoint, and SQLite cuts it back to the
-  // journal size limit then, so a file longer than the ceiling means a log longer than the ceiling.
+  // journal size limit then, so a file longer than the ceiling means a log longer than the ceiling (once
+  // the log has started over: a longer file left from before costs one needless checkpoint).
   private watchLog (lock: Int32Array): void {
     const pageSize = this.db.pragma('page_size', { simple: true }) as number
     this.walCeilingBytes = WAL_HEADER_BYTES + WAL_CEILING_PAGES * (pageSize + WAL_FRAME_HEADER_BYTES)
@@ -209,6 +213,7 @@ export class MetaStore {
       return
     }
     this.ckptLock = lock
+    this.roundOutlasted = false
   }
 
   private unwatchLog (): void {
@@ -220,16 +225,22 @@ export class MetaStore {
   // Past the ceiling: waits for the thread's round (if one runs) to end, keeps the thread from starting
   // another, and checkpoints here, blocking this thread as SQLite's own checkpoint does. With every page
   // copied, the next commit writes the log from its beginning. PASSIVE, as SQLite's own: a reader that
-  // holds back the copy (none in the daemon) is not waited for.
+  // holds back the copy (none in the daemon) is not waited for. A round that outlasts the wait holds
+  // SQLite's checkpoint lock, so there is no checkpoint then, and no new wait until a commit finds the
+  // thread between rounds: one slow round costs one wait, not one per commit.
   private boundLog (): void {
     const lock = this.ckptLock
     if (!lock || this.walFd === null || fs.fstatSync(this.walFd).size <= this.walCeilingBytes) return
-    const end = Date.now() + WAL_CEILING_WAIT_MS
-    let held = false
-    for (;;) {
-      held = Atomics.compareExchange(lock, 0, CKPT_IDLE, CKPT_STORE) === CKPT_IDLE
-      const left = end - Date.now()
-      if (held || left <= 0) break
+    if (this.roundOutlasted && Atomics.load(lock, 0) === CKPT_THREAD) return
+    this.roundOutlasted = false
+    const end = performance.now() + WAL_CEILING_WAIT_MS
+    while (Atomics.compareExchange(lock, 0, CKPT_IDLE, CKPT_STORE) !== CKPT_IDLE) {
+      const left = end - performance.now()
+      if (left <= 0) {
+        this.roundOutlasted = true
+        this.ceilingWaitsRunOut++
+        return
+      }
       Atomics.wait(lock, 0, CKPT_THREAD, Math.min(left, 100))
     }
     try {
@@ -238,7 +249,7 @@ export class MetaStore {
     } catch {
       // What was committed stays committed; the next commit tries again.
     } finally {
-      if (held) Atomics.store(lock, 0, CKPT_IDLE)
+      Atomics.store(lock, 0, CKPT_IDLE)
     }
   }
 
@@ -331,7 +342,7 @@ export class MetaStore {
       mtime: attrs.mtime,
       ctime: attrs.ctime,
       rdev: attrs.rdev,
-      target: attrs.target,
+      target: attrs.target ?? null,
       parent: attrs.parent
     })
     return ino
