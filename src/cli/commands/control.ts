@@ -118,7 +118,7 @@ export async function statusCommand (args: Args): Promise<void> {
   if (status.partners.length) lines.push('stripe columns:')
   for (const p of status.partners) lines.push(`  ${p.id.slice(0, 16)}  ${p.state.padEnd(7)}  ${p.label}`)
   if (status.agreements?.length) lines.push('agreements:')
-  for (const a of status.agreements ?? []) lines.push(`  ${a.key.slice(0, 16)}  ${a.online ? 'online ' : 'offline'}  ${a.state}, ${a.usedSlots} of ${a.slots} slots used`)
+  for (const a of status.agreements ?? []) lines.push(`  ${a.key.slice(0, 16)}  ${a.online ? 'online ' : 'offline'}  ${a.state}, its blocks in ${a.usedSlots} of the ${a.slots} slots kept for it here`)
   process.stdout.write(lines.join('\n') + '\n')
 }
 
@@ -167,7 +167,7 @@ export async function partnersCommand (args: Args): Promise<void> {
   for (const r of out) {
     const seen = r.lastSeen ? `last seen ${r.lastSeen}` : 'never seen'
     const state = r.state === 'rejected' ? `rejected (${r.reason ?? 'no reason'})` : r.state
-    process.stdout.write(`${r.key}  ${r.online ? 'online ' : 'offline'}  ${state}, ${r.usedSlots}/${r.slots} slots used, ${r.column === null ? 'spare' : `column ${r.column}`}, ${seen}\n`)
+    process.stdout.write(`${r.key}  ${r.online ? 'online ' : 'offline'}  ${state}, its blocks in ${r.usedSlots}/${r.slots} slots kept for it here, ${r.column === null ? 'spare' : `column ${r.column}`}, ${seen}\n`)
   }
 }
 
