@@ -49,6 +49,11 @@ test('six partners on loopback: sync, lose m partners, lose the machine, recover
   for (const p of partners) t.alike(grepTree(p.home, Buffer.from(MARKER)), [], `partner ${path.basename(p.home)} holds no plaintext`)
   const used = JSON.parse((await cli(['partners', 'list', '--home', partners[0].home, '--json'])).stdout) as Array<{ usedSlots: number }>
   t.ok(used[0].usedSlots > 0, 'the partner reports the slots the owner filled')
+  // The owner's count of its blocks at that partner agrees (the partner also keeps blocks of stripes no
+  // longer live, so its count may be higher).
+  const column = (st1.partners as Array<{ id: string, blocksHeld: number }>).find(c => c.id === partners[0].publicKey)
+  t.ok(column !== undefined && column.blocksHeld > 0 && column.blocksHeld <= used[0].usedSlots,
+    `the owner counts ${column?.blocksHeld} of its blocks at the partner, which fills ${used[0].usedSlots} slots`)
 
   // m partners die; with an empty cache every file still reads back, decoded from the others.
   killNode(partners[0])

@@ -75,8 +75,12 @@ test('sync --timeout gives up with a reason when too few partners are up; late b
   const st1 = await status(owner.home)
   t.is(st1.safeToPowerOff, true)
   t.ok(st1.blocksLagging > 0, `blocks wait for the partner that is away (${st1.blocksLagging})`)
+  const held = (st: Record<string, any>, p: { publicKey: string }): number => st.partners.find((c: { id: string }) => c.id === p.publicKey).blocksHeld
+  t.ok(held(st1, partners[2]) < held(st1, partners[1]), `the partner away holds fewer of the owner's blocks (${held(st1, partners[2])} of ${held(st1, partners[1])})`)
   await serve(partners[2])
   await waitFor('the lagging blocks to reach the third partner', async () => (await status(owner.home)).blocksLagging === 0)
+  const st2 = await status(owner.home)
+  t.ok(held(st2, partners[2]) > 0 && held(st2, partners[2]) === held(st2, partners[1]), 'once back, it holds as many as the others')
   // Now any two partners hold everything: lose the first one and read from the other two.
   killNode(partners[0])
   await unmount(mnt)

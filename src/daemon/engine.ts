@@ -59,7 +59,7 @@ export interface EngineStatus {
   blocksLagging: number
   partnersOnline: number
   safeToPowerOff: boolean
-  partners: Array<{ id: string, label: string, state: 'online' | 'offline' | 'missing', slots: number }>
+  partners: Array<{ id: string, label: string, state: 'online' | 'offline' | 'missing', slots: number, blocksHeld: number }>
   slots: { total: number, free: number, live: number, pendingFree: number }
   damage: { count: number, recent: Array<{ slot: number, block: number, partner: string, problem: string, at: string }> }
   cacheBytes: number
@@ -90,7 +90,7 @@ export class Engine {
   private changed = false
   private lastCheckpointAt = 0
   private backoffMs = 0
-  private readonly lag: Record<'add' | 'next' | 'drop' | 'count' | 'column', Database.Statement>
+  private readonly lag: Record<'add' | 'next' | 'drop' | 'count' | 'column' | 'byColumn' | 'live', Database.Statement>
   private readonly service: PartnerService | null
   private prefetchJob: Prefetch | null = null
   lastError: string | null = null
@@ -159,7 +159,11 @@ export class Engine {
       drop: this.meta.db.prepare('DELETE FROM lagging WHERE slot = ? AND idx = ? AND version = ?'),
       count: this.meta.db.prepare('SELECT count(*) AS n FROM lagging'),
       column: this.meta.db.prepare(`INSERT OR REPLACE INTO lagging (slot, idx, version)
-        SELECT slot, ((? - slot) % ? + ?) % ?, version FROM segments WHERE state = ?`)
+        SELECT slot, ((? - slot) % ? + ?) % ?, version FROM segments WHERE state = ?`),
+      // Per column (block i of slot s goes to column (i + s) mod n), the blocks of live stripes still owed.
+      byColumn: this.meta.db.prepare(`SELECT (l.idx + l.slot) % ? AS col, count(*) AS n FROM lagging l
+        JOIN segments s ON s.slot = l.slot AND s.version = l.version AND s.state = ? GROUP BY col`),
+      live: this.meta.db.prepare('SELECT count(*) AS n FROM segments WHERE state = ?')
     }
     // A block its partner did not take is rebuilt from the rest of its stripe and sent when the partner is back.
     this.partners.onMissed = (slot, version, index) => { this.lag.add.run(slot, index, version) }
@@ -415,6 +419,9 @@ export class Engine {
     const pending = this.wb.dirtyBytes
     const changed = this.changed || this.packer.pending() > 0 || this.disk.hasOpenSegment()
     const online = this.partners.partners.filter(p => p.online()).length
+    const n = this.cfg.k + this.cfg.m
+    const liveStripes = (this.lag.live.get(SEG_LIVE) as { n: number }).n
+    const owed = new Map((this.lag.byColumn.all(n, SEG_LIVE) as Array<{ col: number, n: number }>).map(r => [r.col, r.n]))
     return {
       publicKey: this.keys.publicKey.toString('hex'),
       bytesStored: stored,
@@ -435,11 +442,12 @@ export class Engine {
         backend: this.rs.backend,
         ...(ec.ok ? {} : { note: `native coder unavailable (${ec.reason}); using the slower TypeScript coder` })
       },
-      partners: this.partners.partners.map(p => ({
+      partners: this.partners.partners.map((p, col) => ({
         id: p.id.toString('hex'),
         label: p.label,
         state: p instanceof AbsentPartner ? 'missing' as const : p.online() ? 'online' as const : 'offline' as const,
-        slots: p.slots
+        slots: p.slots,
+        blocksHeld: p instanceof AbsentPartner ? 0 : liveStripes - (owed.get(col) ?? 0)
       })),
       slots: { total: this.cfg.slots, ...counts },
       damage: { count: this.partners.damageCount, recent: this.partners.damage.slice(-10) },
