@@ -116,7 +116,7 @@ export async function statusCommand (args: Args): Promise<void> {
     lines.push(`safe to power off: ${status.safeToPowerOff ? 'yes' : 'no - mount again and run coopfs sync'}`)
   }
   if (status.partners.length) lines.push('stripe columns:')
-  for (const p of status.partners) lines.push(`  ${p.id.slice(0, 16)}  ${p.state.padEnd(7)}  ${p.label}${p.state === 'missing' ? '' : `, holds ${p.blocksHeld} blocks of this node's live stripes`}`)
+  for (const p of status.partners) lines.push(`  ${p.id.slice(0, 16)}  ${p.state.padEnd(7)}  ${p.label}${typeof p.blocksHeld === 'number' && p.state !== 'missing' ? `, holds ${p.blocksHeld} blocks of this node's live stripes` : ''}`)
   if (status.agreements?.length) lines.push('agreements:')
   for (const a of status.agreements ?? []) lines.push(`  ${a.key.slice(0, 16)}  ${a.online ? 'online ' : 'offline'}  ${a.state}, its blocks in ${a.usedSlots} of the ${a.slots} slots kept for it here`)
   process.stdout.write(lines.join('\n') + '\n')
