@@ -75,7 +75,7 @@ export const WAL_CHECKPOINT_PAGES = 8192
 // grows on meanwhile (a round's syncs can take a second on a busy disk). Past this many pages the store
 // waits for the round to end and checkpoints the log itself, as SQLite does without the thread.
 export const WAL_CEILING_PAGES = 2 * WAL_CHECKPOINT_PAGES
-// The longest the store waits for a round of the thread before it checkpoints anyway.
+// The longest the store waits for a round of the thread to end; after that it leaves the log as it is.
 const WAL_CEILING_WAIT_MS = 10_000
 const WAL_HEADER_BYTES = 32
 const WAL_FRAME_HEADER_BYTES = 24
