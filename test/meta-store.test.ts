@@ -125,7 +125,7 @@ test('past the ceiling the store waits for the round of the thread, then checkpo
 
   let most = 0
   let n = 0
-  // Bounded: the ceiling is about 4,100 of these commits away.
+  // Bounded: the ceiling is about 2,100 of these commits away.
   while (meta.ceilingCheckpoints === 0 && n < 20_000) {
     meta.tx(() => meta.kvSet(`k${n}`, Buffer.alloc(4 * PAGE, n & 0xff)))
     most = Math.max(most, size(wal))
