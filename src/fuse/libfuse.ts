@@ -48,15 +48,18 @@ export interface StatFields {
 }
 
 let preloaded: Preload | null = null
-// Whether loading the addon was tried (it is not retried after a failure).
 let preloadTried = false
 
+// The preload addon, loaded on first use (not tried again after a failure); null when it is not built.
 function loadPreload (): Preload | null {
+  if (preloadTried) return preloaded
+  preloadTried = true
   try {
-    return require('../../native/build/Release/coopfs_preload.node') as Preload
+    preloaded = require('../../native/build/Release/coopfs_preload.node') as Preload
   } catch {
-    return null
+    preloaded = null
   }
+  return preloaded
 }
 
 // Whether the preload addon stands between fuse-native and libfuse (native/preload.c). Without it new
@@ -115,11 +118,7 @@ function putUint64 (ints: Uint32Array, i: number, n: number): void {
 // Gives the pages of freed memory in malloc's heaps back to the system (native/preload.c, trimMalloc);
 // false when there was nothing to give back or the addon is not built.
 export function trimMalloc (): boolean {
-  if (preloaded === null && !preloadTried) {
-    preloadTried = true
-    preloaded = loadPreload()
-  }
-  return preloaded?.trimMalloc?.() === true
+  return loadPreload()?.trimMalloc?.() === true
 }
 
 // After a mount: whether fuse-native's fuse_new really went through the preload addon.
@@ -129,8 +128,7 @@ function preloadTookOver (): boolean {
 
 export function loadFuse (): typeof FuseClass {
   if (loaded) return loaded
-  const preload = preloaded = preloaded ?? loadPreload()
-  preloadTried = true
+  const preload = loadPreload()
   // Before fuse-native is loaded, so that its calls to fuse_new come to the addon.
   try {
     interposed = preload?.interpose?.() === true
