@@ -86,6 +86,7 @@ export class NetNode extends EventEmitter {
   readonly dht: Dht
   private server: DhtServer | null = null
   private readonly opts: NetOptions
+  private readonly openTimeoutMs: number
   private readonly links = new Map<string, Link>()
   private readonly inbound = new Map<string, Set<Peer>>()
   private readonly topics = new Map<string, Buffer>()
@@ -97,6 +98,7 @@ export class NetNode extends EventEmitter {
   constructor (opts: NetOptions) {
     super()
     this.opts = opts
+    this.openTimeoutMs = opts.openTimeoutMs ?? OPEN_TIMEOUT_MS
     this.publicKey = opts.keyPair.publicKey
     // Ephemeral: coopfs nodes use the DHT but do not route for it. Measured on loopback: left to adapt,
     // nodes turn persistent after about 10 s and, until they announce again, dials to them report open but
@@ -160,7 +162,7 @@ export class NetNode extends EventEmitter {
       socket.destroy()
       return
     }
-    const peer = this.wrap(socket, key, (this.opts.openTimeoutMs ?? OPEN_TIMEOUT_MS) * 4)
+    const peer = this.wrap(socket, key, this.openTimeoutMs * 4)
     let set = this.inbound.get(peer.hex)
     if (!set) this.inbound.set(peer.hex, set = new Set())
     set.add(peer)
@@ -192,7 +194,7 @@ export class NetNode extends EventEmitter {
     this.dials++
     const socket = this.dht.connect(link.key, { keyPair: this.opts.keyPair })
     socket.on('error', () => {})
-    const peer = this.wrap(socket, link.key, (this.opts.openTimeoutMs ?? OPEN_TIMEOUT_MS) * 2 ** Math.min(link.attempts, 3))
+    const peer = this.wrap(socket, link.key, this.openTimeoutMs * 2 ** Math.min(link.attempts, 3))
     peer.opened.then(ok => {
       link.dialing = false
       if (!ok || peer.closed) return
