@@ -83,6 +83,9 @@ const CHECKPOINTER_FILE = fileURLToPath(new URL('./wal-checkpointer.js', import.
 
 export class MetaStore {
   readonly db: Database.Database
+  // One transaction wrapper for every tx(): better-sqlite3 builds four functions and their properties each
+  // time one is made, which cost more than an empty transaction's BEGIN and COMMIT.
+  private readonly runTx: (fn: () => unknown) => unknown
   private readonly st: Record<string, Database.Statement>
   private readonly inodeCache = new Map<number, Inode>()
   private checkpointer: Worker | null = null
@@ -103,6 +106,10 @@ export class MetaStore {
     this.db.pragma('synchronous = NORMAL')
     this.db.pragma('cache_size = -16000')
     this.db.exec(SCHEMA)
+    this.runTx = this.db.transaction((fn: () => unknown) => {
+      this.beforeTx()
+      return fn()
+    })
     if (!this.getInodeRow(ROOT_INO)) {
       const now = Date.now()
       this.db.prepare('INSERT INTO inodes (ino, mode, uid, gid, nlink, size, atime, mtime, ctime, parent) VALUES (?, ?, ?, ?, 2, 0, ?, ?, ?, 1)')
@@ -263,10 +270,7 @@ export class MetaStore {
     const mark = this.onCommitted.length
     let out: T
     try {
-      out = this.db.transaction(() => {
-        this.beforeTx()
-        return fn()
-      })()
+      out = this.runTx(fn) as T
     } catch (err) {
       // Rolled back: cached inodes may hold changes that did not commit, and what waited for this
       // transaction (nested or not) must not happen.
