@@ -8,6 +8,9 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { init, unmount, cli, status, until, sleep, writebackFiles } from './helpers.js'
+import { Engine } from '../src/daemon/engine.js'
+import { Home } from '../src/home.js'
+import { PACK_IDLE_MS, WRITE_BURST_MS } from '../src/config.js'
 
 const MiB = 1024 * 1024
 // Each test waits up to a minute for a condition a few times over.
@@ -114,4 +117,54 @@ test('files written during a long burst are packed without waiting for it', LONG
   t.is(r.code, 0, r.stderr)
   t.alike(fs.readFileSync(path.join(s.mnt, 'later')), Buffer.alloc(200_000, 7))
   await unmount(s.mnt)
+})
+
+// A run of new files is a burst too: while files keep being created, the packer leaves alone even the files
+// whose own writes ended, until creation pauses or the run reaches WRITE_BURST_MS. Runs the engine in this
+// process (defaults: PACK_IDLE_MS 300 ms, WRITE_BURST_MS 10 s) and holds the disk lock throughout, so the
+// background loop takes no round: the test calls them, and each returns how many blocks it packed.
+test('files are not packed while new files are being created, and are once creation pauses or runs long', LONG, async t => {
+  const s = await init(t)
+  const engine = new Engine(new Home(s.home))
+  await engine.start()
+  t.teardown(() => engine.close(false))
+  const fsys = engine.fs
+  const data = Buffer.alloc(10_000, 5)
+  let made = 0
+  const make = async (bytes: number): Promise<void> => {
+    const fh = fsys.create(`/f${made++}`, 0o644)
+    if (bytes > 0) await fsys.write(fh, data, bytes, 0)
+    fsys.flush(fh)
+    await fsys.release(fh)
+  }
+  const round = async (): Promise<number> => await engine.packer.round(false)
+
+  await engine.disk.lock.run(async () => {
+    // A written file whose own run of writes ended, then an empty file created.
+    await make(data.length)
+    await sleep(PACK_IDLE_MS + 100)
+    await make(0)
+    t.is(await round(), 0, 'nothing is packed right after a file was created')
+    await sleep(PACK_IDLE_MS + 100)
+    t.is(await round(), 1, 'once creation paused, the written file is packed')
+
+    // A run of creation that goes on: held until it is WRITE_BURST_MS old, then packed behind it.
+    await make(data.length)
+    await sleep(PACK_IDLE_MS + 100)
+    const runStart = Date.now()
+    let heldRounds = 0
+    let packedAt = 0
+    while (Date.now() - runStart < WRITE_BURST_MS + 5000) {
+      await make(0)
+      if (await round() > 0) {
+        packedAt = Date.now()
+        break
+      }
+      heldRounds++
+      await sleep(50)
+    }
+    t.ok(heldRounds > 10, `rounds during the run packed nothing (${heldRounds})`)
+    t.ok(packedAt > 0, 'the written file was packed while files were still being created')
+    t.ok(packedAt - runStart >= WRITE_BURST_MS, `once the run was ${WRITE_BURST_MS} ms old (${packedAt - runStart} ms)`)
+  })
 })

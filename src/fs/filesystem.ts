@@ -106,6 +106,10 @@ export class Filesystem {
   // writes began (a pause of PACK_IDLE_MS ends a run). The packer leaves a file's tail alone while it grows.
   // Entries of closed files go once their run ended (forgetIdleWriters).
   readonly writing = new Map<number, { at: number, maxBlk: number, since: number }>()
+  // The last file creation and when the current run of them began (a pause of PACK_IDLE_MS ends a run):
+  // while files are being created the packer waits, up to WRITE_BURST_MS (Packer.candidates).
+  createdAt = 0
+  createRunSince = 0
   liveBytes = 0
   onChange: () => void = () => {}
 
@@ -638,6 +642,9 @@ export class Filesystem {
     // libfuse asks for the new file's attributes right away, by path, unless the preload addon answers it
     // with what the create handed over (src/fuse/mount.ts).
     this.remember(path, ino)
+    const now = Date.now()
+    if (now - this.createdAt >= PACK_IDLE_MS) this.createRunSince = now
+    this.createdAt = now
     this.onChange()
     return this.addHandle(ino, 0)
   }
