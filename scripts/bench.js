@@ -415,9 +415,9 @@ async function main () {
   say(cpuLine(wm, `; creator CPU user ${f1(wm.result.cpuUserMs / 1000)} s sys ${f1(wm.result.cpuSysMs / 1000)} s`))
   say(rssLine(wm))
   rssOf(`create ${CFG.files} files`, wm)
-  // coopfs makes a file durable on the local disk when it is closed after a write (release -> datasync
-  // of its write-back file and of the metadata log); the local baseline above does not fsync. For
-  // context, the local disk with an fsync before every close, on at most 2000 files:
+  // A close on coopfs commits the file's data and metadata to its log: they survive a killed daemon, and
+  // fsync makes them survive a power loss, as on the local disk, where the baseline above does no fsync.
+  // For context, the local disk with an fsync before every close, on at most 2000 files:
   const nSync = Math.min(CFG.files, 2000)
   const localSmallSync = path.join(local, 'small-fsync')
   fs.mkdirSync(localSmallSync)
