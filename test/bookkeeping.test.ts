@@ -13,7 +13,8 @@ async function started (t: Parameters<typeof init>[0]): Promise<Engine> {
   const s = await init(t)
   const engine = new Engine(new Home(s.home))
   await engine.start()
-  t.teardown(() => engine.close(false))
+  // Before the home goes (init's teardown): closing syncs files in it.
+  t.teardown(() => engine.close(false), { order: -1 })
   return engine
 }
 

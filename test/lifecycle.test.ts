@@ -100,24 +100,26 @@ test('once stored at the partners, closed files leave nothing in the local write
   // Nothing is packed before the sync: files count as still being written for ten minutes.
   const m = await cli(['mount', s.mnt, '--home', s.home], { COOPFS_PACK_IDLE_MS: '600000' })
   t.is(m.code, 0, m.stderr)
-  // Big files wait in files of their own, small ones inline in the metadata store.
+  // Big files wait in files of their own, small ones inline (a row of wb_spans naming their bytes in the inline log).
   for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `f${i}`), Buffer.alloc(200_000, i + 1))
   for (let i = 0; i < 20; i++) fs.writeFileSync(path.join(s.mnt, `s${i}`), Buffer.alloc(3000, i + 1))
   const files = (): string[] => writebackFiles(s.home)
   const inlineRows = (): number => {
     const db = new Database(path.join(s.home, 'meta.db'), { readonly: true })
     try {
-      return (db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n
+      return (db.prepare('SELECT count(*) AS n FROM wb_spans').get() as { n: number }).n
     } finally {
       db.close()
     }
   }
   t.is(files().length, 20, 'each big file waits in a file of its own')
-  t.is(inlineRows(), 20, 'closed small files wait inline in the metadata store')
+  t.ok(fs.readdirSync(path.join(s.home, 'writeback')).some(n => n.startsWith('inline.')), 'the small ones in the inline log')
+  t.is(inlineRows(), 20, 'closed small files wait inline')
   const r = await cli(['sync', '--home', s.home])
   t.is(r.code, 0, r.stderr)
   t.is(files().length, 0, 'no file is left in the write-back store')
   t.is(inlineRows(), 0, 'no inline data is left')
+  t.alike(fs.readdirSync(path.join(s.home, 'writeback')).filter(n => n.startsWith('inline.')), [], 'nor a file of the inline log')
   const st = await status(s.home)
   t.is(st.bytesPending, 0)
   for (let i = 0; i < 20; i++) t.ok(fs.readFileSync(path.join(s.mnt, `f${i}`)).equals(Buffer.alloc(200_000, i + 1)))

@@ -127,7 +127,8 @@ test('files are not packed while new files are being created, and are once creat
   const s = await init(t)
   const engine = new Engine(new Home(s.home))
   await engine.start()
-  t.teardown(() => engine.close(false))
+  // Before the home goes (init's teardown): closing syncs files in it.
+  t.teardown(() => engine.close(false), { order: -1 })
   const fsys = engine.fs
   const data = Buffer.alloc(10_000, 5)
   let made = 0

@@ -72,10 +72,16 @@ test('small files stay inline: stored with the next metadata transaction, never 
   t.is((await wb.read(5, 0, 10)).toString(), 'small file', 'reads back before it is stored')
   meta.tx(() => meta.kvSet('x', 1))
   wb.write(6, Buffer.from('NOT'), 0)
-  t.is(fs.readdirSync(wbDir).length, 0, 'no file was created')
+  t.alike(fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n)), [], 'no file of its own was created')
+  t.alike(wb.logFiles(), ['inline.1'], 'the data went to the inline log')
+  t.ok(fs.readFileSync(path.join(wbDir, 'inline.1')).includes('small file'))
+  const inMeta = fs.readdirSync(dir).filter(n => n.startsWith('meta.db')).map(n => fs.readFileSync(path.join(dir, n)))
+  t.ok(inMeta.length >= 2 && inMeta.every(b => !b.includes('small file') && !b.includes('not yet stored')),
+    'the metadata store and its log hold no byte of it')
   // A process that dies now keeps what the transaction stored, not what came after it.
   const copy = path.join(dir, 'copy.db')
   meta.db.exec(`VACUUM INTO '${copy}'`)
+  fs.cpSync(wbDir, path.join(dir, 'wb2'), { recursive: true })
   const other = new MetaStore(copy)
   const seen = new WriteBack(path.join(dir, 'wb2'), 1 << 20, other)
   t.is((await seen.read(5, 0, 10)).toString(), 'small file')
@@ -101,12 +107,12 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
   wb.write(9, Buffer.from('head'), 0)
   wb.save()
   wb.write(9, Buffer.from('tail'), INLINE_MAX_BYTES + 100)
-  t.alike(fs.readdirSync(wbDir), ['9'])
+  t.alike(fs.readdirSync(wbDir).filter(n => !n.startsWith('inline.')), ['9'])
   t.is((await wb.read(9, 0, 4)).toString(), 'head')
   t.is((await wb.read(9, INLINE_MAX_BYTES + 100, 4)).toString(), 'tail')
   t.alike(await wb.read(9, 4, 8), Buffer.alloc(8), 'the gap reads as zeros')
   wb.save()
-  const rows = (): number => (meta.db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n
+  const rows = (): number => (meta.db.prepare('SELECT count(*) AS n FROM wb_spans').get() as { n: number }).n
   t.is(rows(), 0, 'the inline row went')
 
   wb.write(10, Buffer.from('gone soon'), 0)
@@ -119,6 +125,10 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
   wb.save()
   t.is(rows(), 0)
   t.alike(fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n)), [], 'the file is gone at once')
+  // The inline log nothing names any more goes once the metadata store's log is synced.
+  let synced = 0
+  await wb.dropDrained(async () => { synced++ })
+  t.is(synced, 1, 'the metadata store was synced first')
   // Its blocks are freed in the background.
   await until(() => fs.readdirSync(wbDir).length === 0, 15_000)
   t.alike(fs.readdirSync(wbDir), [], 'nothing is left behind')
@@ -173,5 +183,83 @@ test('a large write starts its way to the disk every 8 MiB, one flush at a time,
   t.ok(wb.flushesAhead >= 1 && wb.flushesAhead <= 2, 'at most one more flush for the new file')
   await wb.sync(3)
   t.alike(await wb.read(3, 0, 3), Buffer.from([9, 9, 9]), 'the new file reads back its own data')
+  await wb.close()
+})
+
+test('the inline log moves to a new file as it grows, and a file goes once no row names it', async t => {
+  const { meta, wbDir } = setup(t)
+  // A log file of 100 bytes at most before the next one starts.
+  let wb = new WriteBack(wbDir, 1 << 20, meta, 100)
+  const data = (i: number): Buffer => Buffer.alloc(60, 0x61 + i)
+  for (let i = 0; i < 4; i++) {
+    wb.write(20 + i, data(i), 0)
+    wb.save()
+  }
+  // 60 bytes, then 120 (past 100: the next one starts), and so on: two files of two each.
+  t.alike(wb.logFiles(), ['inline.1', 'inline.2'], 'a new file once one passed the size')
+  const syncs: number[] = []
+  const syncMeta = async (): Promise<void> => { syncs.push(1) }
+  await wb.dropDrained(syncMeta)
+  t.is(syncs.length, 0, 'nothing to delete, no sync')
+  await wb.remove(20)
+  wb.save()
+  await wb.dropDrained(syncMeta)
+  t.alike(wb.logFiles(), ['inline.1', 'inline.2'], 'a file another row names stays')
+  await wb.remove(21)
+  wb.save()
+  await wb.dropDrained(syncMeta)
+  t.is(syncs.length, 1, 'the metadata store was synced before a file went')
+  t.alike(wb.logFiles(), ['inline.2'], 'the file no row names went')
+  for (let i = 2; i < 4; i++) t.alike(await wb.read(20 + i, 0, 60), data(i), 'the others read back')
+  await wb.close()
+
+  // A restart: data reads back from the log, and a file left with no row (a daemon that died before
+  // deleting it) goes at the first look.
+  fs.writeFileSync(path.join(wbDir, 'inline.9'), 'orphan')
+  wb = new WriteBack(wbDir, 1 << 20, meta, 100)
+  for (let i = 2; i < 4; i++) t.alike(await wb.read(20 + i, 0, 60), data(i), 'reads back after a restart')
+  wb.write(30, Buffer.from('after the restart'), 0)
+  wb.save()
+  t.ok(wb.logFiles().includes('inline.10'), `a new run appends to a file of a new number (${wb.logFiles().join(' ')})`)
+  await wb.dropDrained(syncMeta)
+  t.absent(wb.logFiles().includes('inline.9'), 'the orphan went')
+  for (const ino of [22, 23, 30]) await wb.remove(ino)
+  wb.save()
+  await wb.dropDrained(syncMeta)
+  t.alike(wb.logFiles(), [], 'with nothing inline, no log file is left')
+  await wb.close()
+})
+
+test('inline rows of an earlier version move to the inline log when the store opens', async t => {
+  const { meta, wbDir } = setup(t)
+  meta.db.prepare('INSERT INTO wb_inline (ino, data) VALUES (?, ?)').run(40, Buffer.from('kept in the table'))
+  const wb = new WriteBack(wbDir, 1 << 20, meta)
+  t.is((await wb.read(40, 0, 17)).toString(), 'kept in the table')
+  t.is((meta.db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n, 0, 'the old row went')
+  t.alike(wb.inodes(), [40])
+  t.ok(fs.readFileSync(path.join(wbDir, 'inline.1')).includes('kept in the table'), 'its bytes are in the log')
+  await wb.close()
+})
+
+test('a log file mostly of garbage has its live data stored again, and then goes', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 20, meta, 100)
+  const b = Buffer.alloc(10, 0x62)
+  wb.write(50, b, 0)
+  wb.save()
+  for (let i = 0; i < 2; i++) {
+    wb.write(51, Buffer.alloc(50, 0x30 + i), 0)
+    wb.save()
+  }
+  // 110 bytes, 60 of them live: the next append goes to a new file.
+  t.alike(wb.logFiles(), ['inline.1'])
+  wb.write(51, Buffer.alloc(50, 0x39), 0)
+  wb.save()
+  // inline.1 now holds 10 live bytes of 110: the next transaction stores them again.
+  wb.save()
+  await wb.dropDrained(async () => {})
+  t.alike(wb.logFiles(), ['inline.2'], 'the sparse file went once its live data moved')
+  t.alike(await wb.read(50, 0, 10), b, 'the moved data reads back')
+  t.alike(await wb.read(51, 0, 50), Buffer.alloc(50, 0x39))
   await wb.close()
 })

@@ -293,6 +293,7 @@ export class Engine {
       let did = 0
       try {
         did = await this.disk.lock.run(() => this.packRound(false))
+        await this.wb.dropDrained(() => this.syncMeta())
         if (did === 0) did = await this.disk.lock.run(() => this.repairRound())
         if (this.changed && Date.now() - this.lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
           await this.disk.lock.run(() => this.checkpointLocked())
@@ -382,6 +383,9 @@ export class Engine {
             await this.packRound(true)
           }
           await this.disk.flush()
+          // What was packed leaves the write-back store, inline log files included.
+          this.wb.save()
+          await this.wb.dropDrained(() => this.syncMeta())
           // Nothing new since the last checkpoint the partners hold: it still names everything.
           if (!this.changed && this.checkpointed()) return Number(this.meta.kvGet('checkpointSeq'))
           return this.checkpointLocked()

@@ -1,12 +1,16 @@
 // The local write-back store: file data lands here first and stays until the packer has stored it in the
 // log. Its size is bounded: writers wait for room.
 //
-// A file whose write-back data lies within its first INLINE_MAX_BYTES keeps it inline, in a table of the
-// metadata store (wb_inline), instead of in a file of its own: creating and later removing a file per small
-// file cost more here than everything else a small file needs (about 1 ms each on this project's machine).
+// A file whose write-back data lies within its first INLINE_MAX_BYTES keeps it inline instead of in a file
+// of its own: creating and later removing a file per small file cost more here than everything else a small
+// file needs (about 1 ms each on this project's machine). Inline data changed since the last save lives in
+// memory and is stored by the next metadata transaction (see MetaStore.beforeTx): appended to the inline
+// log (files inline.<gen>, never rewritten), with a row of wb_spans naming where, so it commits with the
+// change that names it. The bytes stay out of the metadata store's own log, whose every commit writes
+// whole pages: a 4 KiB file's data cost two more pages there. A log file no row names any more is deleted
+// once the metadata store's log that dropped its last row is on the disk (dropDrained).
 // Larger files get one sparse file per inode, at the file's own offsets; a small file that grows past the
-// limit moves to a file. Inline data changed since the last save lives in memory and is stored inside the
-// next metadata transaction (see MetaStore.beforeTx), so it commits with the change that names it.
+// limit moves to a file.
 import type { Statement } from 'better-sqlite3'
 import fs from 'node:fs'
 import fsp from 'node:fs/promises'
@@ -17,6 +21,9 @@ import { fsyncDir } from '../home.js'
 const MAX_OPEN_FILES = 256
 // Removed files are renamed <ino>.gone<n> and unlinked in the background; a restart deletes leftovers.
 const GONE_SUFFIX = '.gone'
+const LOG_PREFIX = 'inline.'
+// The inline log moves on to a new file once its file holds this much, or once no row names it.
+export const INLINE_LOG_ROLL_BYTES = 64 * 1024 * 1024
 export const INLINE_MAX_BYTES = 32 * 1024
 // A file's data starts on its way to the disk once this much was written to it since its last flush began
 // (see flushAhead).
@@ -33,10 +40,28 @@ export class WriteBack {
   // Inline data changed since the last save, by inode: the whole of it (bytes [0, length)), or null when
   // the inode's row is to be deleted.
   private readonly unsaved = new Map<number, Buffer | null>()
-  // What the transaction under way stored.
-  private storing = new Map<number, Buffer | null>()
+  // What the transaction under way stored, and in which file of the inline log.
+  private storing = new Map<number, { data: Buffer | null, gen: number }>()
   private readonly meta: MetaStore
-  private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement }
+  private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement, inGen: Statement, legacy: Statement, legacyDel: Statement }
+  // The inline log: open descriptors by file number (gen), the file being appended to and its length.
+  private readonly logFds = new Map<number, number>()
+  private logGen: number
+  private logEnd = 0
+  private readonly rollBytes: number
+  // Committed rows: the log file of each inode's inline data and its length; per file, how many rows name
+  // it and how many of its bytes they name; the length of each file no longer appended to.
+  private readonly spanGen = new Map<number, { gen: number, len: number }>()
+  private readonly genRows = new Map<number, { rows: number, bytes: number }>()
+  private readonly genSize = new Map<number, number>()
+  // Files whose live data waits to be stored again (compact).
+  private readonly compacting = new Set<number>()
+  // Log files no row names (to delete), files written since their last fdatasync, files whose name is
+  // known to be on the disk.
+  private readonly drained = new Set<number>()
+  private readonly unsynced = new Set<number>()
+  private readonly named = new Set<number>()
+  private logSync: Promise<void> = Promise.resolve()
   private waiters: Array<() => void> = []
   private goneSeq = 0
   // Bytes written to an inode's file since its last flush ahead began, and the inodes with one under way.
@@ -45,27 +70,85 @@ export class WriteBack {
   // How many flushes ahead were started (for tests).
   flushesAhead = 0
 
-  constructor (dir: string, limitBytes: number, meta: MetaStore) {
+  constructor (dir: string, limitBytes: number, meta: MetaStore, rollBytes = INLINE_LOG_ROLL_BYTES) {
     this.dir = dir
     this.limitBytes = limitBytes
     this.meta = meta
+    this.rollBytes = rollBytes
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+    const logs = new Set<number>()
     for (const n of fs.readdirSync(dir)) {
       if (/^\d+$/.test(n)) this.files.add(Number(n))
+      else if (n.startsWith(LOG_PREFIX) && /^\d+$/.test(n.slice(LOG_PREFIX.length))) logs.add(Number(n.slice(LOG_PREFIX.length)))
       else if (n.includes(GONE_SUFFIX)) fs.rmSync(path.join(dir, n), { force: true })
     }
     const p = (sql: string): Statement => meta.db.prepare(sql)
     this.st = {
-      get: p('SELECT data FROM wb_inline WHERE ino = ?'),
-      put: p('INSERT OR REPLACE INTO wb_inline (ino, data) VALUES (?, ?)'),
-      del: p('DELETE FROM wb_inline WHERE ino = ?'),
-      all: p('SELECT ino FROM wb_inline')
+      get: p('SELECT gen, off, len FROM wb_spans WHERE ino = ?'),
+      put: p('INSERT OR REPLACE INTO wb_spans (ino, gen, off, len) VALUES (?, ?, ?, ?)'),
+      del: p('DELETE FROM wb_spans WHERE ino = ?'),
+      all: p('SELECT ino, gen, len FROM wb_spans'),
+      inGen: p('SELECT ino FROM wb_spans WHERE gen = ?'),
+      legacy: p('SELECT ino, data FROM wb_inline'),
+      legacyDel: p('DELETE FROM wb_inline')
     }
+    for (const r of this.st.all.all() as Array<{ ino: number, gen: number, len: number }>) this.name(r.ino, r.gen, r.len)
+    for (const gen of logs) {
+      this.named.add(gen)
+      this.genSize.set(gen, fs.statSync(this.logFile(gen)).size)
+      if (!this.genRows.has(gen)) this.drained.add(gen)
+    }
+    // A new file for this run: numbers only grow while a file of the number may be named.
+    this.logGen = Math.max(0, ...logs, ...this.genRows.keys()) + 1
     meta.beforeTx = () => this.store()
+    this.adoptInlineRows()
+    for (const gen of this.genRows.keys()) this.compactIfSparse(gen)
   }
 
   private file (ino: number): string {
     return path.join(this.dir, String(ino))
+  }
+
+  private logFile (gen: number): string {
+    return path.join(this.dir, LOG_PREFIX + String(gen))
+  }
+
+  // The descriptor of an inline log file, or undefined when the file is missing.
+  private logFd (gen: number): number | undefined {
+    let fd = this.logFds.get(gen)
+    if (fd !== undefined) return fd
+    try {
+      fd = fs.openSync(this.logFile(gen), gen === this.logGen ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDONLY, 0o600)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+    this.logFds.set(gen, fd)
+    return fd
+  }
+
+  // Appends to the inline log; returns the offset.
+  private append (data: Buffer): number {
+    const off = this.logEnd
+    if (data.length === 0) return off
+    writeAll(this.logFd(this.logGen)!, data, off)
+    this.logEnd += data.length
+    this.unsynced.add(this.logGen)
+    return off
+  }
+
+  // Rows of wb_inline, where an earlier version kept inline data in the metadata store: their data moves
+  // to the inline log, which reaches the disk before the rows go (they may have been fsynced).
+  private adoptInlineRows (): void {
+    const rows = this.st.legacy.all() as Array<{ ino: number, data: Buffer }>
+    if (rows.length === 0) return
+    for (const r of rows) if (!this.unsaved.has(r.ino)) this.unsaved.set(r.ino, r.data)
+    this.meta.tx(() => {
+      for (const gen of this.unsynced) fs.fdatasyncSync(this.logFd(gen)!)
+      this.unsynced.clear()
+      fsyncDir(this.dir)
+      this.st.legacyDel.run()
+    })
   }
 
   // Writes and reads go to the page cache synchronously: a round trip through the thread pool costs more
@@ -87,9 +170,20 @@ export class WriteBack {
     return fd
   }
 
-  // The inline data the metadata store holds for ino (as of the last transaction).
+  // The inline data stored for ino (as of the last transaction). Bytes the log file lacks read as zeros:
+  // after a power loss, data that was never fsynced may not have reached the disk.
   private savedData (ino: number): Buffer | undefined {
-    return (this.st.get.get(ino) as { data: Buffer } | undefined)?.data
+    const row = this.st.get.get(ino) as { gen: number, off: number, len: number } | undefined
+    if (!row) return undefined
+    const out = Buffer.alloc(row.len)
+    const fd = row.len > 0 ? this.logFd(row.gen) : undefined
+    let done = 0
+    while (fd !== undefined && done < row.len) {
+      const n = fs.readSync(fd, out, done, row.len - done, row.off + done)
+      if (n === 0) break
+      done += n
+    }
+    return out
   }
 
   private inlineData (ino: number): Buffer | undefined {
@@ -184,20 +278,133 @@ export class WriteBack {
   }
 
   // Runs inside every metadata transaction: writes the inline data changed since the last save. The memory
-  // copy goes once the outermost transaction committed, and stays if it rolls back.
+  // copy goes once the outermost transaction committed, and stays if it rolls back (what was appended to
+  // the log then is named by no row).
   private store (): void {
     if (this.unsaved.size === 0) return
-    this.storing = new Map(this.unsaved)
+    this.storing = new Map()
     this.meta.onCommit(() => this.stored())
-    for (const [ino, data] of this.storing) {
-      if (data) this.st.put.run(ino, data)
+    for (const [ino, data] of this.unsaved) {
+      if (data) this.st.put.run(ino, this.logGen, this.append(data), data.length)
       else this.st.del.run(ino)
+      this.storing.set(ino, { data, gen: this.logGen })
     }
   }
 
   private stored (): void {
-    for (const [ino, data] of this.storing) if (this.unsaved.get(ino) === data) this.unsaved.delete(ino)
+    const touched = new Set<number>()
+    for (const [ino, { data, gen }] of this.storing) {
+      if (this.unsaved.get(ino) === data) this.unsaved.delete(ino)
+      const old = this.spanGen.get(ino)
+      if (old !== undefined) {
+        this.unname(ino, old)
+        touched.add(old.gen)
+      }
+      if (data) this.name(ino, gen, data.length)
+    }
     this.storing.clear()
+    if (this.logEnd > 0 && (!this.genRows.has(this.logGen) || this.logEnd >= this.rollBytes)) {
+      const gen = this.logGen++
+      this.genSize.set(gen, this.logEnd)
+      this.logEnd = 0
+      touched.add(gen)
+    }
+    for (const gen of touched) {
+      if (gen === this.logGen) continue
+      if (!this.genRows.has(gen)) this.drained.add(gen)
+      else this.compactIfSparse(gen)
+    }
+  }
+
+  private name (ino: number, gen: number, len: number): void {
+    this.spanGen.set(ino, { gen, len })
+    const g = this.genRows.get(gen)
+    if (g) {
+      g.rows++
+      g.bytes += len
+    } else {
+      this.genRows.set(gen, { rows: 1, bytes: len })
+    }
+  }
+
+  private unname (ino: number, { gen, len }: { gen: number, len: number }): void {
+    this.spanGen.delete(ino)
+    const g = this.genRows.get(gen)
+    if (!g) return
+    g.rows--
+    g.bytes -= len
+    if (g.rows <= 0) this.genRows.delete(gen)
+  }
+
+  // A file no longer appended to whose rows name at most a quarter of it: their data is stored again (the
+  // next transaction appends it to the current file), after which no row names it and it goes. The log
+  // then holds at most about four times the live inline data, plus the file being appended to.
+  private compactIfSparse (gen: number): void {
+    const g = this.genRows.get(gen)
+    if (!g || gen === this.logGen || this.compacting.has(gen) || g.bytes * 4 > (this.genSize.get(gen) ?? 0)) return
+    this.compacting.add(gen)
+    for (const r of this.st.inGen.all(gen) as Array<{ ino: number }>) {
+      if (this.unsaved.has(r.ino)) continue
+      const data = this.savedData(r.ino)
+      if (data) this.unsaved.set(r.ino, data)
+    }
+  }
+
+  // Makes what was appended to the inline log so far survive a power loss. One sync at a time: one that
+  // starts after this call covers everything appended before it.
+  private async syncLog (): Promise<void> {
+    const run = async (): Promise<void> => {
+      const gens = [...this.unsynced]
+      this.unsynced.clear()
+      try {
+        for (const gen of gens) {
+          const fd = this.logFds.get(gen)
+          if (fd === undefined) continue
+          try {
+            await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+          } catch (err) {
+            // A file deleted meanwhile (no row names it) needs no sync.
+            if (this.logFds.get(gen) === fd) throw err
+            continue
+          }
+          if (!this.named.has(gen)) {
+            fsyncDir(this.dir)
+            this.named.add(gen)
+          }
+        }
+      } catch (err) {
+        for (const gen of gens) this.unsynced.add(gen)
+        throw err
+      }
+    }
+    const next = this.logSync.then(run, run)
+    this.logSync = next.catch(() => {})
+    await next
+  }
+
+  // Deletes the inline log files no row names any more. The metadata store's log is synced first
+  // (syncMeta), so that a power loss cannot bring back a row that names a deleted file.
+  async dropDrained (syncMeta: () => Promise<void>): Promise<void> {
+    if (this.drained.size === 0) return
+    const gens = [...this.drained]
+    await syncMeta()
+    for (const gen of gens) {
+      this.drained.delete(gen)
+      if (this.genRows.has(gen) || gen >= this.logGen) continue
+      this.compacting.delete(gen)
+      this.genSize.delete(gen)
+      const fd = this.logFds.get(gen)
+      this.logFds.delete(gen)
+      if (fd !== undefined) fs.closeSync(fd)
+      this.unsynced.delete(gen)
+      this.named.delete(gen)
+      fs.rmSync(this.logFile(gen), { force: true })
+    }
+  }
+
+  // Inline log files on the disk (for tests).
+  logFiles (): string[] {
+    return fs.readdirSync(this.dir).filter(n => n.startsWith(LOG_PREFIX)).sort()
   }
 
   // Stores the inline data changed since the last save, in a transaction of its own.
@@ -208,7 +415,7 @@ export class WriteBack {
   // The inodes the store holds data for.
   inodes (): number[] {
     const out = new Set(this.files)
-    for (const r of this.st.all.all() as Array<{ ino: number }>) out.add(r.ino)
+    for (const r of this.st.all.all() as Array<{ ino: number, gen: number }>) out.add(r.ino)
     for (const [ino, data] of this.unsaved) {
       if (data) out.add(ino)
       else if (!this.files.has(ino)) out.delete(ino)
@@ -226,11 +433,12 @@ export class WriteBack {
   }
 
   // Makes the file of ino survive a power loss: fdatasync through a descriptor of its own, which reaches
-  // data written through a descriptor since closed. Inline data is in the metadata store, which the
-  // caller syncs after this.
+  // data written through a descriptor since closed. Inline data is stored and the inline log synced; the
+  // caller syncs the metadata store after this.
   async sync (ino: number): Promise<void> {
     if (!this.files.has(ino)) {
       this.save()
+      await this.syncLog()
       return
     }
     let fh: fsp.FileHandle
@@ -287,8 +495,12 @@ export class WriteBack {
 
   async close (): Promise<void> {
     this.save()
+    // The metadata store syncs its log when it closes; the rows it makes durable name what is here.
+    await this.syncLog()
     for (const fd of this.fds.values()) fs.closeSync(fd)
     this.fds.clear()
+    for (const fd of this.logFds.values()) fs.closeSync(fd)
+    this.logFds.clear()
   }
 }
 

@@ -93,6 +93,7 @@ export async function restoreCheckpoint (keys: Keys, partners: PartnerSet, metaF
       // version of each block that reached the partners.
       d.prepare('DELETE FROM dirty').run()
       d.prepare('DELETE FROM wb_inline').run()
+      d.prepare('DELETE FROM wb_spans').run()
       d.prepare('UPDATE segments SET state = ? WHERE state IN (?, ?)').run(SEG_FREE, SEG_OPEN, SEG_PENDING_FREE)
       // The checkpoint's own pieces were stored after the snapshot was taken: record them now.
       const old = d.prepare('SELECT chunk FROM checkpoint_chunks').all() as Array<{ chunk: Buffer }>
