@@ -127,7 +127,7 @@ test('an inline file that grows past the limit moves to a file with its bytes; r
   t.alike(fs.readdirSync(wbDir).filter(n => /^\d+$/.test(n)), [], 'the file is gone at once')
   // The inline log nothing names any more goes once the metadata store's log is synced.
   let synced = 0
-  await wb.dropDrained(async () => { synced++ })
+  await wb.tidy(async () => { synced++ })
   t.is(synced, 1, 'the metadata store was synced first')
   // Its blocks are freed in the background.
   await until(() => fs.readdirSync(wbDir).length === 0, 15_000)
@@ -197,18 +197,19 @@ test('the inline log moves to a new file as it grows, and a file goes once no ro
   }
   // 60 bytes, then 120 (past 100: the next one starts), and so on: two files of two each.
   t.alike(wb.logFiles(), ['inline.1', 'inline.2'], 'a new file once one passed the size')
-  const syncs: number[] = []
-  const syncMeta = async (): Promise<void> => { syncs.push(1) }
-  await wb.dropDrained(syncMeta)
-  t.is(syncs.length, 0, 'nothing to delete, no sync')
+  // The metadata store's log is synced while the file is still there.
+  const seen: string[][] = []
+  const syncMeta = async (): Promise<void> => { seen.push(wb.logFiles()) }
+  await wb.tidy(syncMeta)
+  t.is(seen.length, 0, 'nothing to delete, no sync')
   await wb.remove(20)
   wb.save()
-  await wb.dropDrained(syncMeta)
+  await wb.tidy(syncMeta)
   t.alike(wb.logFiles(), ['inline.1', 'inline.2'], 'a file another row names stays')
   await wb.remove(21)
   wb.save()
-  await wb.dropDrained(syncMeta)
-  t.is(syncs.length, 1, 'the metadata store was synced before a file went')
+  await wb.tidy(syncMeta)
+  t.alike(seen, [['inline.1', 'inline.2']], 'the metadata store was synced once, before the file went')
   t.alike(wb.logFiles(), ['inline.2'], 'the file no row names went')
   for (let i = 2; i < 4; i++) t.alike(await wb.read(20 + i, 0, 60), data(i), 'the others read back')
   await wb.close()
@@ -221,23 +222,71 @@ test('the inline log moves to a new file as it grows, and a file goes once no ro
   wb.write(30, Buffer.from('after the restart'), 0)
   wb.save()
   t.ok(wb.logFiles().includes('inline.10'), `a new run appends to a file of a new number (${wb.logFiles().join(' ')})`)
-  await wb.dropDrained(syncMeta)
+  await wb.tidy(syncMeta)
   t.absent(wb.logFiles().includes('inline.9'), 'the orphan went')
   for (const ino of [22, 23, 30]) await wb.remove(ino)
   wb.save()
-  await wb.dropDrained(syncMeta)
+  await wb.tidy(syncMeta)
   t.alike(wb.logFiles(), [], 'with nothing inline, no log file is left')
   await wb.close()
 })
 
-test('inline rows of an earlier version move to the inline log when the store opens', async t => {
+test('fsync moves a file\'s inline data into the metadata store, where it stays until the file leaves', async t => {
   const { meta, wbDir } = setup(t)
-  meta.db.prepare('INSERT INTO wb_inline (ino, data) VALUES (?, ?)').run(40, Buffer.from('kept in the table'))
-  const wb = new WriteBack(wbDir, 1 << 20, meta)
-  t.is((await wb.read(40, 0, 17)).toString(), 'kept in the table')
-  t.is((meta.db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n, 0, 'the old row went')
+  let wb = new WriteBack(wbDir, 1 << 20, meta)
+  const spans = (): number => (meta.db.prepare('SELECT count(*) AS n FROM wb_spans').get() as { n: number }).n
+  const table = (): number => (meta.db.prepare('SELECT count(*) AS n FROM wb_inline').get() as { n: number }).n
+  wb.write(40, Buffer.from('hello'), 0)
+  wb.save()
+  t.is(spans(), 1, 'closed, not synced: in the inline log')
+  await wb.sync(40)
+  t.is(spans(), 0)
+  t.is(table(), 1, 'synced: in the metadata store, which the caller syncs next')
+  // A later change (no fsync) stays in the store too: a power loss cannot leave a durable row naming bytes
+  // that never reached the disk, and the synced bytes are never the only ones moved.
+  wb.write(40, Buffer.from(' world'), 5)
+  wb.save()
+  t.is(table(), 1)
+  t.is(spans(), 0, 'a change after the sync does not go to the log')
+  t.is((await wb.read(40, 0, 11)).toString(), 'hello world')
+  await wb.close()
+  // After a restart as well.
+  wb = new WriteBack(wbDir, 1 << 20, meta)
+  t.is((await wb.read(40, 0, 11)).toString(), 'hello world', 'reads back after a restart')
   t.alike(wb.inodes(), [40])
-  t.ok(fs.readFileSync(path.join(wbDir, 'inline.1')).includes('kept in the table'), 'its bytes are in the log')
+  wb.write(40, Buffer.from('!'), 11)
+  wb.save()
+  t.alike([table(), spans()], [1, 0], 'and changes stay in the store')
+  // Data from the log that a restart finds is synced into the store too.
+  wb.write(41, Buffer.from('from the log'), 0)
+  wb.save()
+  await wb.close()
+  wb = new WriteBack(wbDir, 1 << 20, meta)
+  await wb.sync(41)
+  t.alike([table(), spans()], [2, 0], 'fsync after a restart moves data the log held')
+  t.is((await wb.read(41, 0, 12)).toString(), 'from the log')
+  await wb.remove(40)
+  await wb.remove(41)
+  wb.save()
+  t.alike([table(), spans()], [0, 0], 'removed with the file')
+  // Without a sync, a new file's data goes to the log again.
+  wb.write(40, Buffer.from('new'), 0)
+  wb.save()
+  t.alike([table(), spans()], [0, 1])
+  await wb.close()
+})
+
+test('a transaction nested in another, or one after a rollback, appends nothing twice', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 20, meta)
+  wb.write(60, Buffer.alloc(40, 1), 0)
+  meta.tx(() => meta.tx(() => meta.kvSet('x', 1)))
+  t.is(fs.statSync(path.join(wbDir, 'inline.1')).size, 40, 'nested: appended once')
+  wb.write(61, Buffer.alloc(30, 2), 0)
+  t.exception(() => meta.tx(() => { throw new Error('boom') }))
+  wb.save()
+  t.is(fs.statSync(path.join(wbDir, 'inline.1')).size, 70, 'rolled back, then committed: appended once')
+  t.alike(await wb.read(61, 0, 30), Buffer.alloc(30, 2))
   await wb.close()
 })
 
@@ -255,10 +304,11 @@ test('a log file mostly of garbage has its live data stored again, and then goes
   t.alike(wb.logFiles(), ['inline.1'])
   wb.write(51, Buffer.alloc(50, 0x39), 0)
   wb.save()
-  // inline.1 now holds 10 live bytes of 110: the next transaction stores them again.
-  wb.save()
-  await wb.dropDrained(async () => {})
+  // inline.1 now holds 10 live bytes of 110: tidying stores them again and deletes the file.
+  t.alike(wb.logFiles(), ['inline.1', 'inline.2'])
+  await wb.tidy(async () => {})
   t.alike(wb.logFiles(), ['inline.2'], 'the sparse file went once its live data moved')
+  t.is(fs.statSync(path.join(wbDir, 'inline.2')).size, 60, 'its live data was appended to the current file')
   t.alike(await wb.read(50, 0, 10), b, 'the moved data reads back')
   t.alike(await wb.read(51, 0, 50), Buffer.alloc(50, 0x39))
   await wb.close()

@@ -80,7 +80,8 @@ export class Engine {
   readonly rs: ReedSolomon
   readonly sealer: Sealer
   private readonly log: (line: string) => void
-  private walFd: fsp.FileHandle | null = null
+  // The metadata store's log, opened once to sync it (see syncMeta).
+  private walOpening: Promise<fsp.FileHandle | null> | null = null
   private closed = false
   private loopDone: Promise<void> | null = null
   private wake: (() => void) | null = null
@@ -293,7 +294,7 @@ export class Engine {
       let did = 0
       try {
         did = await this.disk.lock.run(() => this.packRound(false))
-        await this.wb.dropDrained(() => this.syncMeta())
+        await this.wb.tidy(() => this.syncMeta())
         if (did === 0) did = await this.disk.lock.run(() => this.repairRound())
         if (this.changed && Date.now() - this.lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
           await this.disk.lock.run(() => this.checkpointLocked())
@@ -385,7 +386,7 @@ export class Engine {
           await this.disk.flush()
           // What was packed leaves the write-back store, inline log files included.
           this.wb.save()
-          await this.wb.dropDrained(() => this.syncMeta())
+          await this.wb.tidy(() => this.syncMeta())
           // Nothing new since the last checkpoint the partners hold: it still names everything.
           if (!this.changed && this.checkpointed()) return Number(this.meta.kvGet('checkpointSeq'))
           return this.checkpointLocked()
@@ -406,14 +407,11 @@ export class Engine {
   }
 
   private async syncMeta (): Promise<void> {
-    if (!this.walFd) {
-      try {
-        this.walFd = await fsp.open(this.meta.walFile(), 'r')
-      } catch {
-        return
-      }
-    }
-    await this.walFd.datasync()
+    // One open for callers that come at once (fsync, the background loop, coopfs sync).
+    this.walOpening ??= fsp.open(this.meta.walFile(), 'r').catch(() => null)
+    const fd = await this.walOpening
+    if (fd) await fd.datasync()
+    else this.walOpening = null
   }
 
   status (): EngineStatus {
@@ -475,7 +473,7 @@ export class Engine {
         this.log(`final sync: ${(err as Error).message}; the data stays in the local write-back store`)
       }
     }
-    await this.walFd?.close()
+    await (await this.walOpening)?.close()
     await this.wb.close()
     await this.partners.close()
     await this.sealer.close()

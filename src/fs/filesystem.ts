@@ -2,7 +2,7 @@
 // FUSE layer; every method either returns a result or throws an FsError carrying a Linux errno name.
 import { FsError, fsErr } from '../errors.js'
 import {
-  MAX_FILE_BYTES, MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES, MAX_XATTR_LIST_BYTES, PACK_IDLE_MS
+  MAX_FILE_BYTES, MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES, MAX_XATTR_LIST_BYTES, PACK_IDLE_MS, WRITE_BURST_MS
 } from '../config.js'
 import { MetaStore, ROOT_INO, type Inode } from './meta-store.js'
 import { WriteBack } from './writeback.js'
@@ -106,10 +106,10 @@ export class Filesystem {
   // writes began (a pause of PACK_IDLE_MS ends a run). The packer leaves a file's tail alone while it grows.
   // Entries of closed files go once their run ended (forgetIdleWriters).
   readonly writing = new Map<number, { at: number, maxBlk: number, since: number }>()
-  // The last file creation and when the current run of them began (a pause of PACK_IDLE_MS ends a run):
-  // while files are being created the packer waits, up to WRITE_BURST_MS (Packer.candidates).
-  createdAt = 0
-  createRunSince = 0
+  // The last file creation and when the current run of them began (performance.now()): while files are
+  // being created the packer waits, up to WRITE_BURST_MS from the run's start (Packer.candidates).
+  createdAt = -Infinity
+  createRunSince = -Infinity
   liveBytes = 0
   onChange: () => void = () => {}
 
@@ -642,8 +642,10 @@ export class Filesystem {
     // libfuse asks for the new file's attributes right away, by path, unless the preload addon answers it
     // with what the create handed over (src/fuse/mount.ts).
     this.remember(path, ino)
-    const now = Date.now()
-    if (now - this.createdAt >= PACK_IDLE_MS) this.createRunSince = now
+    // A pause of PACK_IDLE_MS ends a run, but a new one starts no sooner than 2 x WRITE_BURST_MS after the
+    // last one did: files that keep coming with pauses between them get packed at least half the time.
+    const now = performance.now()
+    if (now - this.createdAt >= PACK_IDLE_MS && now - this.createRunSince >= 2 * WRITE_BURST_MS) this.createRunSince = now
     this.createdAt = now
     this.onChange()
     return this.addHandle(ino, 0)

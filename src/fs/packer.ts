@@ -50,7 +50,8 @@ export class Packer {
     const now = Date.now()
     const crowded = this.fs.wb.dirtyBytes >= this.fs.wb.limitBytes / 2
     const out: Array<{ ino: number, blk: number }> = []
-    const creating = now - this.fs.createdAt < PACK_IDLE_MS && now - this.fs.createRunSince < WRITE_BURST_MS
+    const mono = performance.now()
+    const creating = mono - this.fs.createdAt < PACK_IDLE_MS && mono - this.fs.createRunSince < WRITE_BURST_MS
     if (creating && !force && !crowded) return out
     // Pages of the dirty list in inode order, so that the blocks of a big file still being written do not
     // hide the files after it; at most SCAN_PAGES pages a round.

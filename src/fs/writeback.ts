@@ -4,11 +4,14 @@
 // A file whose write-back data lies within its first INLINE_MAX_BYTES keeps it inline instead of in a file
 // of its own: creating and later removing a file per small file cost more here than everything else a small
 // file needs (about 1 ms each on this project's machine). Inline data changed since the last save lives in
-// memory and is stored by the next metadata transaction (see MetaStore.beforeTx): appended to the inline
-// log (files inline.<gen>, never rewritten), with a row of wb_spans naming where, so it commits with the
-// change that names it. The bytes stay out of the metadata store's own log, whose every commit writes
-// whole pages: a 4 KiB file's data cost two more pages there. A log file no row names any more is deleted
-// once the metadata store's log that dropped its last row is on the disk (dropDrained).
+// memory and is stored by the next metadata transaction (see MetaStore.beforeTx), so it commits with the
+// change that names it: appended to the inline log (files inline.<gen>, never rewritten) with a row of
+// wb_spans naming where, which keeps the bytes out of the metadata store's own log (its every commit
+// writes whole pages: a 4 KiB file's data cost two more pages there). A file fsync was asked for keeps its
+// inline data in the metadata store itself (wb_inline) from then on, until it leaves the store: there the
+// bytes reach the disk with the row that names them, and syncing the metadata store's log makes both
+// durable, so a later change cannot leave a durable row naming bytes a power loss took. The inline log
+// only ever holds data no fsync confirmed; what close confirmed survives a killed daemon all the same.
 // Larger files get one sparse file per inode, at the file's own offsets; a small file that grows past the
 // limit moves to a file.
 import type { Statement } from 'better-sqlite3'
@@ -40,10 +43,15 @@ export class WriteBack {
   // Inline data changed since the last save, by inode: the whole of it (bytes [0, length)), or null when
   // the inode's row is to be deleted.
   private readonly unsaved = new Map<number, Buffer | null>()
-  // What the transaction under way stored, and in which file of the inline log.
-  private storing = new Map<number, { data: Buffer | null, gen: number }>()
+  // What the transactions under way stored, and where: a file and offset of the inline log, or the table.
+  // Entries are kept until a commit, so a transaction after a rollback (or a nested one) stores the same
+  // data without appending it again.
+  private readonly storing = new Map<number, { data: Buffer | null, gen: number, off: number, table: boolean }>()
   private readonly meta: MetaStore
-  private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement, inGen: Statement, legacy: Statement, legacyDel: Statement }
+  private readonly st: { get: Statement, put: Statement, del: Statement, all: Statement, inGen: Statement, getTable: Statement, putTable: Statement, delTable: Statement, allTable: Statement }
+  // Inodes whose inline data is in the table (committed), and those whose data goes there from now on.
+  private readonly inTable = new Set<number>()
+  private readonly tabled = new Set<number>()
   // The inline log: open descriptors by file number (gen), the file being appended to and its length.
   private readonly logFds = new Map<number, number>()
   private logGen: number
@@ -54,14 +62,11 @@ export class WriteBack {
   private readonly spanGen = new Map<number, { gen: number, len: number }>()
   private readonly genRows = new Map<number, { rows: number, bytes: number }>()
   private readonly genSize = new Map<number, number>()
-  // Files whose live data waits to be stored again (compact).
-  private readonly compacting = new Set<number>()
-  // Log files no row names (to delete), files written since their last fdatasync, files whose name is
-  // known to be on the disk.
+  // Files whose live data is to be stored again (compact), files no row names (to delete), files written
+  // since their last fdatasync.
+  private readonly sparse = new Set<number>()
   private readonly drained = new Set<number>()
   private readonly unsynced = new Set<number>()
-  private readonly named = new Set<number>()
-  private logSync: Promise<void> = Promise.resolve()
   private waiters: Array<() => void> = []
   private goneSeq = 0
   // Bytes written to an inode's file since its last flush ahead began, and the inodes with one under way.
@@ -89,20 +94,24 @@ export class WriteBack {
       del: p('DELETE FROM wb_spans WHERE ino = ?'),
       all: p('SELECT ino, gen, len FROM wb_spans'),
       inGen: p('SELECT ino FROM wb_spans WHERE gen = ?'),
-      legacy: p('SELECT ino, data FROM wb_inline'),
-      legacyDel: p('DELETE FROM wb_inline')
+      getTable: p('SELECT data FROM wb_inline WHERE ino = ?'),
+      putTable: p('INSERT OR REPLACE INTO wb_inline (ino, data) VALUES (?, ?)'),
+      delTable: p('DELETE FROM wb_inline WHERE ino = ?'),
+      allTable: p('SELECT ino FROM wb_inline')
     }
     for (const r of this.st.all.all() as Array<{ ino: number, gen: number, len: number }>) this.name(r.ino, r.gen, r.len)
+    for (const r of this.st.allTable.all() as Array<{ ino: number }>) {
+      this.inTable.add(r.ino)
+      this.tabled.add(r.ino)
+    }
     for (const gen of logs) {
-      this.named.add(gen)
       this.genSize.set(gen, fs.statSync(this.logFile(gen)).size)
       if (!this.genRows.has(gen)) this.drained.add(gen)
     }
     // A new file for this run: numbers only grow while a file of the number may be named.
     this.logGen = Math.max(0, ...logs, ...this.genRows.keys()) + 1
+    for (const gen of this.genRows.keys()) this.noteIfSparse(gen)
     meta.beforeTx = () => this.store()
-    this.adoptInlineRows()
-    for (const gen of this.genRows.keys()) this.compactIfSparse(gen)
   }
 
   private file (ino: number): string {
@@ -137,20 +146,6 @@ export class WriteBack {
     return off
   }
 
-  // Rows of wb_inline, where an earlier version kept inline data in the metadata store: their data moves
-  // to the inline log, which reaches the disk before the rows go (they may have been fsynced).
-  private adoptInlineRows (): void {
-    const rows = this.st.legacy.all() as Array<{ ino: number, data: Buffer }>
-    if (rows.length === 0) return
-    for (const r of rows) if (!this.unsaved.has(r.ino)) this.unsaved.set(r.ino, r.data)
-    this.meta.tx(() => {
-      for (const gen of this.unsynced) fs.fdatasyncSync(this.logFd(gen)!)
-      this.unsynced.clear()
-      fsyncDir(this.dir)
-      this.st.legacyDel.run()
-    })
-  }
-
   // Writes and reads go to the page cache synchronously: a round trip through the thread pool costs more
   // than the copy itself, and every FUSE write waits for it.
   private fd (ino: number): number {
@@ -171,8 +166,9 @@ export class WriteBack {
   }
 
   // The inline data stored for ino (as of the last transaction). Bytes the log file lacks read as zeros:
-  // after a power loss, data that was never fsynced may not have reached the disk.
+  // after a power loss, data no fsync confirmed may not have reached the disk.
   private savedData (ino: number): Buffer | undefined {
+    if (this.inTable.has(ino)) return (this.st.getTable.get(ino) as { data: Buffer } | undefined)?.data
     const row = this.st.get.get(ino) as { gen: number, off: number, len: number } | undefined
     if (!row) return undefined
     const out = Buffer.alloc(row.len)
@@ -193,9 +189,9 @@ export class WriteBack {
   }
 
   // Moves an inode's inline data, if any, into a file of its own. The file holds the data before the row
-  // goes, so a killed daemon finds it in one place or the other. Data that was committed (and so may have
-  // been fsynced) reaches the disk, with the file's name, before the row can be deleted: a power loss must
-  // not lose what fsync confirmed.
+  // goes, so a killed daemon finds it in one place or the other. Data in the table (fsync may have confirmed
+  // it) reaches the disk, with the file's name, before the row can be deleted: a power loss must not lose
+  // what fsync confirmed.
   private toFile (ino: number): number {
     const stored = this.savedData(ino)
     const mem = this.unsaved.get(ino)
@@ -204,7 +200,7 @@ export class WriteBack {
     if (data) {
       try {
         writeAll(fd, data, 0)
-        if (stored) {
+        if (stored && this.inTable.has(ino)) {
           fs.fdatasyncSync(fd)
           fsyncDir(this.dir)
         }
@@ -279,28 +275,45 @@ export class WriteBack {
 
   // Runs inside every metadata transaction: writes the inline data changed since the last save. The memory
   // copy goes once the outermost transaction committed, and stays if it rolls back (what was appended to
-  // the log then is named by no row).
+  // the log then is named by no row, and is named by the next transaction's).
   private store (): void {
     if (this.unsaved.size === 0) return
-    this.storing = new Map()
     this.meta.onCommit(() => this.stored())
     for (const [ino, data] of this.unsaved) {
-      if (data) this.st.put.run(ino, this.logGen, this.append(data), data.length)
-      else this.st.del.run(ino)
-      this.storing.set(ino, { data, gen: this.logGen })
+      const prev = this.storing.get(ino)
+      if (data === null) {
+        this.st.del.run(ino)
+        if (this.tabled.has(ino)) this.st.delTable.run(ino)
+        this.storing.set(ino, { data, gen: 0, off: 0, table: false })
+      } else if (this.tabled.has(ino)) {
+        this.st.putTable.run(ino, data)
+        if (this.spanGen.has(ino) || prev?.table === false) this.st.del.run(ino)
+        this.storing.set(ino, { data, gen: 0, off: 0, table: true })
+      } else {
+        const off = prev?.data === data && !prev.table && prev.gen === this.logGen ? prev.off : this.append(data)
+        this.st.put.run(ino, this.logGen, off, data.length)
+        this.storing.set(ino, { data, gen: this.logGen, off, table: false })
+      }
     }
   }
 
   private stored (): void {
     const touched = new Set<number>()
-    for (const [ino, { data, gen }] of this.storing) {
+    for (const [ino, { data, gen, table }] of this.storing) {
       if (this.unsaved.get(ino) === data) this.unsaved.delete(ino)
       const old = this.spanGen.get(ino)
       if (old !== undefined) {
         this.unname(ino, old)
         touched.add(old.gen)
       }
-      if (data) this.name(ino, gen, data.length)
+      if (data === null) {
+        this.inTable.delete(ino)
+        this.tabled.delete(ino)
+      } else if (table) {
+        this.inTable.add(ino)
+      } else {
+        this.name(ino, gen, data.length)
+      }
     }
     this.storing.clear()
     if (this.logEnd > 0 && (!this.genRows.has(this.logGen) || this.logEnd >= this.rollBytes)) {
@@ -312,7 +325,7 @@ export class WriteBack {
     for (const gen of touched) {
       if (gen === this.logGen) continue
       if (!this.genRows.has(gen)) this.drained.add(gen)
-      else this.compactIfSparse(gen)
+      else this.noteIfSparse(gen)
     }
   }
 
@@ -336,68 +349,40 @@ export class WriteBack {
     if (g.rows <= 0) this.genRows.delete(gen)
   }
 
-  // A file no longer appended to whose rows name at most a quarter of it: their data is stored again (the
-  // next transaction appends it to the current file), after which no row names it and it goes. The log
+  // A file no longer appended to whose rows name at most a quarter of it is compacted by tidy(): the log
   // then holds at most about four times the live inline data, plus the file being appended to.
-  private compactIfSparse (gen: number): void {
+  private noteIfSparse (gen: number): void {
     const g = this.genRows.get(gen)
-    if (!g || gen === this.logGen || this.compacting.has(gen) || g.bytes * 4 > (this.genSize.get(gen) ?? 0)) return
-    this.compacting.add(gen)
-    for (const r of this.st.inGen.all(gen) as Array<{ ino: number }>) {
-      if (this.unsaved.has(r.ino)) continue
-      const data = this.savedData(r.ino)
-      if (data) this.unsaved.set(r.ino, data)
-    }
+    if (g && gen !== this.logGen && g.bytes * 4 <= (this.genSize.get(gen) ?? 0)) this.sparse.add(gen)
   }
 
-  // Makes what was appended to the inline log so far survive a power loss. One sync at a time: one that
-  // starts after this call covers everything appended before it.
-  private async syncLog (): Promise<void> {
-    const run = async (): Promise<void> => {
-      const gens = [...this.unsynced]
-      this.unsynced.clear()
-      try {
-        for (const gen of gens) {
-          const fd = this.logFds.get(gen)
-          if (fd === undefined) continue
-          try {
-            await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
-          } catch (err) {
-            // A file deleted meanwhile (no row names it) needs no sync.
-            if (this.logFds.get(gen) === fd) throw err
-            continue
-          }
-          if (!this.named.has(gen)) {
-            fsyncDir(this.dir)
-            this.named.add(gen)
-          }
+  // Background upkeep of the inline log (the engine's loop and coopfs sync call it). The live data of sparse
+  // files is stored again (appended to the current file, its rows moved, in one transaction), after which
+  // no row names them. Then the files no row names are deleted, once the metadata store's log is synced
+  // (syncMeta), so that a power loss cannot bring back a row naming a deleted file.
+  async tidy (syncMeta: () => Promise<void>): Promise<void> {
+    if (this.sparse.size > 0) {
+      for (const gen of this.sparse) {
+        for (const r of this.st.inGen.all(gen) as Array<{ ino: number }>) {
+          if (this.unsaved.has(r.ino)) continue
+          const data = this.savedData(r.ino)
+          if (data) this.unsaved.set(r.ino, data)
         }
-      } catch (err) {
-        for (const gen of gens) this.unsynced.add(gen)
-        throw err
       }
+      this.sparse.clear()
+      this.save()
     }
-    const next = this.logSync.then(run, run)
-    this.logSync = next.catch(() => {})
-    await next
-  }
-
-  // Deletes the inline log files no row names any more. The metadata store's log is synced first
-  // (syncMeta), so that a power loss cannot bring back a row that names a deleted file.
-  async dropDrained (syncMeta: () => Promise<void>): Promise<void> {
     if (this.drained.size === 0) return
     const gens = [...this.drained]
     await syncMeta()
     for (const gen of gens) {
       this.drained.delete(gen)
       if (this.genRows.has(gen) || gen >= this.logGen) continue
-      this.compacting.delete(gen)
       this.genSize.delete(gen)
+      this.unsynced.delete(gen)
       const fd = this.logFds.get(gen)
       this.logFds.delete(gen)
       if (fd !== undefined) fs.closeSync(fd)
-      this.unsynced.delete(gen)
-      this.named.delete(gen)
       fs.rmSync(this.logFile(gen), { force: true })
     }
   }
@@ -414,7 +399,7 @@ export class WriteBack {
 
   // The inodes the store holds data for.
   inodes (): number[] {
-    const out = new Set(this.files)
+    const out = new Set([...this.files, ...this.inTable])
     for (const r of this.st.all.all() as Array<{ ino: number, gen: number }>) out.add(r.ino)
     for (const [ino, data] of this.unsaved) {
       if (data) out.add(ino)
@@ -433,12 +418,16 @@ export class WriteBack {
   }
 
   // Makes the file of ino survive a power loss: fdatasync through a descriptor of its own, which reaches
-  // data written through a descriptor since closed. Inline data is stored and the inline log synced; the
+  // data written through a descriptor since closed. Inline data goes to the table, where it stays; the
   // caller syncs the metadata store after this.
   async sync (ino: number): Promise<void> {
     if (!this.files.has(ino)) {
+      if (!this.tabled.has(ino)) {
+        this.tabled.add(ino)
+        const data = this.unsaved.has(ino) ? undefined : this.savedData(ino)
+        if (data) this.unsaved.set(ino, data)
+      }
       this.save()
-      await this.syncLog()
       return
     }
     let fh: fsp.FileHandle
@@ -496,7 +485,12 @@ export class WriteBack {
   async close (): Promise<void> {
     this.save()
     // The metadata store syncs its log when it closes; the rows it makes durable name what is here.
-    await this.syncLog()
+    for (const gen of this.unsynced) {
+      const fd = this.logFds.get(gen)
+      if (fd !== undefined) fs.fdatasyncSync(fd)
+    }
+    if (this.unsynced.size > 0) fsyncDir(this.dir)
+    this.unsynced.clear()
     for (const fd of this.fds.values()) fs.closeSync(fd)
     this.fds.clear()
     for (const fd of this.logFds.values()) fs.closeSync(fd)
