@@ -313,3 +313,43 @@ test('a log file mostly of garbage has its live data stored again, and then goes
   t.alike(await wb.read(51, 0, 50), Buffer.alloc(50, 0x39))
   await wb.close()
 })
+
+test('data changed in memory after a transaction rolled back is what the next one stores', async t => {
+  const { meta, wbDir } = setup(t)
+  let wb = new WriteBack(wbDir, 1 << 20, meta)
+  wb.write(70, Buffer.from('hello'), 0)
+  // The transaction appends 'hello' to the log, then fails.
+  t.exception(() => meta.tx(() => { throw new Error('boom') }))
+  // Same length: the buffer in memory could be changed in place.
+  wb.write(70, Buffer.from('HELLO'), 0)
+  wb.save()
+  t.is((await wb.read(70, 0, 5)).toString(), 'HELLO')
+  await wb.close()
+  wb = new WriteBack(wbDir, 1 << 20, meta)
+  t.is((await wb.read(70, 0, 5)).toString(), 'HELLO', 'the stored row names the new bytes')
+  await wb.close()
+})
+
+test('compaction leaves alone a file written while it ran', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 20, meta, 100)
+  wb.write(80, Buffer.alloc(10, 1), 0)
+  wb.write(81, Buffer.alloc(10, 2), 0)
+  wb.save()
+  for (let i = 0; i < 2; i++) {
+    wb.write(82, Buffer.alloc(45, 0x30 + i), 0)
+    wb.save()
+  }
+  wb.write(82, Buffer.alloc(45, 0x39), 0)
+  wb.save()
+  // inline.1 holds 20 live bytes of 110; compaction copies them, syncs, then moves the rows.
+  const running = wb.tidy(async () => {})
+  wb.write(80, Buffer.alloc(10, 7), 0)
+  wb.save()
+  await running
+  await wb.tidy(async () => {})
+  t.alike(await wb.read(80, 0, 10), Buffer.alloc(10, 7), 'the write made during compaction stays')
+  t.alike(await wb.read(81, 0, 10), Buffer.alloc(10, 2), 'the other moved file reads back')
+  t.alike(wb.logFiles(), ['inline.2'], 'and the sparse file went')
+  await wb.close()
+})

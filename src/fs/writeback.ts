@@ -38,8 +38,10 @@ export class WriteBack {
   dirtyBytes = 0
   // Open descriptors by inode, least recently used first (Map order is insertion order).
   private readonly fds = new Map<number, number>()
-  // Inodes that have a file in the store.
+  // Inodes that have a file in the store, and those whose file's name may not be on the disk yet (the first
+  // fsync of one syncs the folder).
   private readonly files = new Set<number>()
+  private readonly unnamed = new Set<number>()
   // Inline data changed since the last save, by inode: the whole of it (bytes [0, length)), or null when
   // the inode's row is to be deleted.
   private readonly unsaved = new Map<number, Buffer | null>()
@@ -197,12 +199,15 @@ export class WriteBack {
     const mem = this.unsaved.get(ino)
     const data = mem === undefined ? stored : mem ?? undefined
     const fd = this.fd(ino)
+    let named = false
     if (data) {
       try {
         writeAll(fd, data, 0)
         if (stored && this.inTable.has(ino)) {
           fs.fdatasyncSync(fd)
           fsyncDir(this.dir)
+          this.unnamed.clear()
+          named = true
         }
       } catch (err) {
         this.fds.delete(ino)
@@ -213,6 +218,7 @@ export class WriteBack {
       this.unsaved.set(ino, null)
     }
     this.files.add(ino)
+    if (!named) this.unnamed.add(ino)
     return fd
   }
 
@@ -221,7 +227,9 @@ export class WriteBack {
     if (!this.files.has(ino) && end <= INLINE_MAX_BYTES) {
       const cur = this.inlineData(ino)
       let next: Buffer
-      if (cur && cur.length >= end && this.unsaved.get(ino) === cur) {
+      // Changed in place only while no transaction has appended it: one that rolled back keeps its bytes'
+      // place in the log for the next to name, which must still hold what they name.
+      if (cur && cur.length >= end && this.unsaved.get(ino) === cur && this.storing.get(ino)?.data !== cur) {
         next = cur
       } else {
         next = Buffer.alloc(Math.max(end, cur?.length ?? 0))
@@ -357,21 +365,11 @@ export class WriteBack {
   }
 
   // Background upkeep of the inline log (the engine's loop and coopfs sync call it). The live data of sparse
-  // files is stored again (appended to the current file, its rows moved, in one transaction), after which
-  // no row names them. Then the files no row names are deleted, once the metadata store's log is synced
-  // (syncMeta), so that a power loss cannot bring back a row naming a deleted file.
+  // files moves to the current file, after which no row names them. Then the files no row names are
+  // deleted, once the metadata store's log is synced (syncMeta), so that a power loss cannot bring back a
+  // row naming a deleted file.
   async tidy (syncMeta: () => Promise<void>): Promise<void> {
-    if (this.sparse.size > 0) {
-      for (const gen of this.sparse) {
-        for (const r of this.st.inGen.all(gen) as Array<{ ino: number }>) {
-          if (this.unsaved.has(r.ino)) continue
-          const data = this.savedData(r.ino)
-          if (data) this.unsaved.set(r.ino, data)
-        }
-      }
-      this.sparse.clear()
-      this.save()
-    }
+    if (this.sparse.size > 0) await this.compact()
     if (this.drained.size === 0) return
     const gens = [...this.drained]
     await syncMeta()
@@ -385,6 +383,42 @@ export class WriteBack {
       if (fd !== undefined) fs.closeSync(fd)
       fs.rmSync(this.logFile(gen), { force: true })
     }
+  }
+
+  // The bytes are appended and synced before the rows that name them move (in a transaction of their own),
+  // so bytes that had reached the disk (a clean unmount syncs the log) stay on it. A row that changed
+  // meanwhile (a write, an fsync, a removal) keeps its own bytes.
+  private async compact (): Promise<void> {
+    const gen = this.logGen
+    const moves: Array<{ ino: number, from: number, off: number, len: number }> = []
+    for (const from of this.sparse) {
+      for (const r of this.st.inGen.all(from) as Array<{ ino: number }>) {
+        if (this.unsaved.has(r.ino) || this.tabled.has(r.ino) || this.files.has(r.ino)) continue
+        const data = this.savedData(r.ino)
+        if (data) moves.push({ ino: r.ino, from, off: this.append(data), len: data.length })
+      }
+    }
+    this.sparse.clear()
+    const fd = this.logFds.get(gen)
+    if (moves.length === 0 || fd === undefined) return
+    await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+    fsyncDir(this.dir)
+    const moved: typeof moves = []
+    this.meta.tx(() => {
+      for (const m of moves) {
+        if (this.unsaved.has(m.ino) || this.tabled.has(m.ino) || this.files.has(m.ino) || this.spanGen.get(m.ino)?.gen !== m.from) continue
+        this.st.put.run(m.ino, gen, m.off, m.len)
+        moved.push(m)
+      }
+      this.meta.onCommit(() => {
+        for (const m of moved) {
+          const old = this.spanGen.get(m.ino)
+          if (old !== undefined) this.unname(m.ino, old)
+          this.name(m.ino, gen, m.len)
+          if (!this.genRows.has(m.from)) this.drained.add(m.from)
+        }
+      })
+    })
   }
 
   // Inline log files on the disk (for tests).
@@ -423,9 +457,10 @@ export class WriteBack {
   async sync (ino: number): Promise<void> {
     if (!this.files.has(ino)) {
       if (!this.tabled.has(ino)) {
+        const data = this.inlineData(ino)
+        if (data === undefined) return
         this.tabled.add(ino)
-        const data = this.unsaved.has(ino) ? undefined : this.savedData(ino)
-        if (data) this.unsaved.set(ino, data)
+        if (!this.unsaved.has(ino)) this.unsaved.set(ino, data)
       }
       this.save()
       return
@@ -441,10 +476,16 @@ export class WriteBack {
     } finally {
       await fh.close()
     }
+    // One folder sync covers every file made before it.
+    if (this.unnamed.has(ino)) {
+      fsyncDir(this.dir)
+      this.unnamed.clear()
+    }
   }
 
   async remove (ino: number): Promise<void> {
     this.unflushed.delete(ino)
+    this.unnamed.delete(ino)
     if (this.files.delete(ino)) {
       const fd = this.fds.get(ino)
       this.fds.delete(ino)
