@@ -353,3 +353,29 @@ test('compaction leaves alone a file written while it ran', async t => {
   t.alike(wb.logFiles(), ['inline.2'], 'and the sparse file went')
   await wb.close()
 })
+
+test('tidying runs one call at a time', async t => {
+  const { meta, wbDir } = setup(t)
+  const wb = new WriteBack(wbDir, 1 << 20, meta, 100)
+  const make = async (ino: number): Promise<void> => {
+    wb.write(ino, Buffer.alloc(60, ino), 0)
+    wb.save()
+    await wb.remove(ino)
+    wb.save()
+  }
+  let inside = 0
+  let overlapped = false
+  const syncMeta = async (): Promise<void> => {
+    if (++inside > 1) overlapped = true
+    await new Promise(resolve => setTimeout(resolve, 50))
+    inside--
+  }
+  await make(90)
+  const first = wb.tidy(syncMeta)
+  await make(91)
+  const second = wb.tidy(syncMeta)
+  await Promise.all([first, second])
+  t.absent(overlapped, 'the second call waited for the first')
+  t.alike(wb.logFiles(), [], 'both files went')
+  await wb.close()
+})

@@ -67,6 +67,7 @@ export class WriteBack {
   // Files whose live data is to be stored again (compact), files no row names (to delete), files written
   // since their last fdatasync.
   private readonly sparse = new Set<number>()
+  private tidying: Promise<void> | null = null
   private readonly drained = new Set<number>()
   private readonly unsynced = new Set<number>()
   private waiters: Array<() => void> = []
@@ -368,7 +369,15 @@ export class WriteBack {
   // files moves to the current file, after which no row names them. Then the files no row names are
   // deleted, once the metadata store's log is synced (syncMeta), so that a power loss cannot bring back a
   // row naming a deleted file.
+  // One at a time (the background loop and coopfs sync both call it): a file the log moved on from while a
+  // compaction waited for its sync has no row yet, and must not be taken for one no row names.
   async tidy (syncMeta: () => Promise<void>): Promise<void> {
+    while (this.tidying) await this.tidying
+    this.tidying = this.tidyOnce(syncMeta).finally(() => { this.tidying = null })
+    await this.tidying
+  }
+
+  private async tidyOnce (syncMeta: () => Promise<void>): Promise<void> {
     if (this.sparse.size > 0) await this.compact()
     if (this.drained.size === 0) return
     const gens = [...this.drained]
