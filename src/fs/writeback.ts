@@ -365,12 +365,11 @@ export class WriteBack {
     if (g && gen !== this.logGen && g.bytes * 4 <= (this.genSize.get(gen) ?? 0)) this.sparse.add(gen)
   }
 
-  // Background upkeep of the inline log (the engine's loop and coopfs sync call it). The live data of sparse
-  // files moves to the current file, after which no row names them. Then the files no row names are
-  // deleted, once the metadata store's log is synced (syncMeta), so that a power loss cannot bring back a
-  // row naming a deleted file.
-  // One at a time (the background loop and coopfs sync both call it): a file the log moved on from while a
-  // compaction waited for its sync has no row yet, and must not be taken for one no row names.
+  // Background upkeep of the inline log, from the engine's loop and coopfs sync, one call at a time (a file
+  // the log moved on from while a compaction waited for its sync has no row yet, and must not be taken for
+  // one no row names). The live data of sparse files moves to the current file, after which no row names
+  // them. Then the files no row names are deleted, once the metadata store's log is synced (syncMeta), so
+  // that a power loss cannot bring back a row naming a deleted file.
   async tidy (syncMeta: () => Promise<void>): Promise<void> {
     while (this.tidying) await this.tidying
     this.tidying = this.tidyOnce(syncMeta).finally(() => { this.tidying = null })
