@@ -176,12 +176,7 @@ export class WriteBack {
     if (!row) return undefined
     const out = Buffer.alloc(row.len)
     const fd = row.len > 0 ? this.logFd(row.gen) : undefined
-    let done = 0
-    while (fd !== undefined && done < row.len) {
-      const n = fs.readSync(fd, out, done, row.len - done, row.off + done)
-      if (n === 0) break
-      done += n
-    }
+    if (fd !== undefined) readAll(fd, out, 0, row.len, row.off)
     return out
   }
 
@@ -271,12 +266,7 @@ export class WriteBack {
       const data = this.inlineData(ino)
       if (data && pos < data.length) done = data.copy(out, intoOff, pos, Math.min(data.length, pos + len))
     } else {
-      const fd = this.fd(ino)
-      while (done < len) {
-        const n = fs.readSync(fd, out, intoOff + done, len - done, pos + done)
-        if (n === 0) break
-        done += n
-      }
+      done = readAll(this.fd(ino), out, intoOff, len, pos)
     }
     if (done < len) out.fill(0, intoOff + done, intoOff + len)
     return out
@@ -554,6 +544,17 @@ export class WriteBack {
 // requests after a 1 GiB write elsewhere: 2.5 s of main-thread CPU in whole writes, 0.9 s in 128 KiB or
 // 256 KiB pieces).
 const WRITE_PIECE_BYTES = 128 * 1024
+
+// Reads len bytes at pos into buf at off, or up to the end of the file; returns how many it read.
+function readAll (fd: number, buf: Buffer, off: number, len: number, pos: number): number {
+  let done = 0
+  while (done < len) {
+    const n = fs.readSync(fd, buf, off + done, len - done, pos + done)
+    if (n === 0) break
+    done += n
+  }
+  return done
+}
 
 function writeAll (fd: number, buf: Buffer, pos: number): void {
   let done = 0
