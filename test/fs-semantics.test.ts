@@ -7,7 +7,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { init, mount, unmount, status, sync, sh, run, isMounted, killDaemon, type Setup, mounted, errCode, pread, pwrite } from './helpers.js'
+import { init, mount, unmount, status, sync, sh, run, isMounted, killDaemon, type Setup, mounted, errCode, pread, pwrite, until, writebackFiles } from './helpers.js'
 
 const CHUNK = 128 * 1024
 // mounted(t) makes a home of 512 slots: a logical disk of 512 segments of k = 4 blocks of about 256 KiB.
@@ -688,6 +688,36 @@ test('read-only descriptors open and close beside a writer; what the writer\'s c
   await killDaemon(s)
   await mount(s)
   t.ok(fs.readFileSync(file).equals(data), 'the bytes the writer closed are there after kill -9')
+  await unmount(s.mnt)
+})
+
+// The preload addon answers releases and the daemon takes them before its next request, or on a timer
+// (native/preload.c, release_noted): what a release does must still happen, and a handle's number must
+// not be given to a new open before the daemon took its release.
+test('releases answered by the addon: an unlinked file goes with its write-back data, and handles stay apart', async t => {
+  const s = await mounted(t)
+  const m = (p: string): string => path.join(s.mnt, p)
+  const fuseBefore = (await status(s.home)).fuse
+  const fd = fs.openSync(m('doomed'), 'w')
+  fs.writeSync(fd, crypto.randomBytes(300_000))
+  fs.unlinkSync(m('doomed'))
+  t.is(writebackFiles(s.home).length, 1, 'the open, unlinked file keeps its write-back file')
+  fs.closeSync(fd)
+  t.alike(fs.readdirSync(s.mnt), [], 'no name left, hidden or not')
+  t.ok(await until(() => writebackFiles(s.home).length === 0, 15_000), 'its write-back file goes once it is closed')
+  // Each write opens a new handle while earlier releases may still wait; every file ends with its last write.
+  const rounds = 200
+  for (let i = 0; i < rounds; i++) fs.writeFileSync(m(`f${i % 10}`), `round ${i}`)
+  for (let j = 0; j < 10; j++) t.is(fs.readFileSync(m(`f${j}`), 'utf8'), `round ${rounds - 10 + j}`, `f${j} holds its last write`)
+  const fuseAfter = (await status(s.home)).fuse
+  if (fuseBefore?.addon) {
+    const answered = (fuseAfter?.answered?.release ?? 0) - (fuseBefore?.answered?.release ?? 0)
+    t.is(answered, 1 + rounds + 10, 'the addon answered every release')
+  }
+  await unmount(s.mnt)
+  await mount(s)
+  for (let j = 0; j < 10; j++) t.is(fs.readFileSync(m(`f${j}`), 'utf8'), `round ${rounds - 10 + j}`, `f${j} after a remount`)
+  t.alike(fs.readdirSync(s.mnt).sort(), Array.from({ length: 10 }, (_, j) => `f${j}`).sort())
   await unmount(s.mnt)
 })
 

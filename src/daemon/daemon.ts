@@ -99,6 +99,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
         if (trimTimer) clearInterval(trimTimer)
         if (mountpoint) {
           await kernelUnmount(mountpoint)
+          await active?.settle()
           log(`unmounted ${mountpoint}; storing what waits and closing`)
         }
         await eng?.close(true)
@@ -125,6 +126,8 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       }
       case 'sync':
         if (!eng) throw new CoopError('EUSAGE', 'this daemon serves partners only; it has nothing to sync')
+        // Files closed just before count as closed: their releases may still wait in the addon.
+        await active?.settle()
         return { checkpoint: await eng.sync(req.timeoutMs ?? 0) }
       case 'partnerAdd': {
         if (!svc) throw new CoopError('EUSAGE', 'this home keeps its stripes in local directories; it has no network partners')

@@ -21,6 +21,8 @@ interface Preload {
   noteCreated?: (fh: number, ints: Uint32Array) => void
   answered?: () => AnsweredInAddon
   trimMalloc?: () => boolean
+  deferReleases?: (on: boolean) => void
+  takeReleased?: () => number[] | null
 }
 
 // Requests the addon answered without the daemon since the mount (see native/preload.c).
@@ -28,6 +30,7 @@ export interface AnsweredInAddon {
   capability: number
   readOnlyFlush: number
   createAttrs: number
+  release: number
 }
 
 // What noteCreated needs of a file's attributes; times in milliseconds.
@@ -113,6 +116,20 @@ export function noteCreated (fh: number, st: StatFields): void {
 function putUint64 (ints: Uint32Array, i: number, n: number): void {
   ints[i] = n % 0x100000000
   ints[i + 1] = Math.floor(n / 0x100000000)
+}
+
+// Has the preload addon answer releases itself and list their handles for takeReleased (native/preload.c,
+// release_noted). Returns whether it will: false without the addon, and releases then come as requests.
+export function deferReleases (on: boolean): boolean {
+  if (!interposed || !preloaded?.deferReleases || !preloaded.takeReleased) return false
+  preloaded.deferReleases(on)
+  return true
+}
+
+// The handles whose release the addon answered since the last call, in the order of their releases; null
+// when there are none.
+export function takeReleased (): number[] | null {
+  return interposed ? preloaded?.takeReleased?.() ?? null : null
 }
 
 // Gives the pages of freed memory in malloc's heaps back to the system (native/preload.c, trimMalloc);

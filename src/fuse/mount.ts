@@ -1,7 +1,7 @@
 // The FUSE layer: fuse-native callbacks become Filesystem calls, errors become errno values. Nothing else.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { fuseStatus, loadFuse, noteCreated, preloadActive, setNoCapabilities } from './libfuse.js'
+import { deferReleases, fuseStatus, loadFuse, noteCreated, preloadActive, setNoCapabilities, takeReleased } from './libfuse.js'
 import type { Filesystem } from '../fs/filesystem.js'
 
 // Linux errno values, the one table every error passes through on its way to the kernel.
@@ -91,15 +91,36 @@ export interface MountOptions {
 
 export interface Mounted {
   unmount: () => Promise<void>
+  // Handles the releases the addon answered that no request took yet, and waits for them.
+  settle: () => Promise<void>
 }
+
+// How often the releases the addon answered are taken when no request comes to take them.
+const RELEASE_TAKE_MS = 50
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const Fuse = loadFuse()
   // Linux asks for this attribute before every write; while no file has one, the preload addon answers.
   setNoCapabilities(!fs.anyHasXattr(CAPABILITY_XATTR))
 
+  // Releases answered by the addon (native/preload.c, release_noted) are handled before the next request,
+  // which may depend on them (an unlink of the file, say), and on a timer when none comes.
+  const releasing = new Set<Promise<void>>()
+  const takeReleases = (): void => {
+    const fhs = takeReleased()
+    if (fhs === null) return
+    for (const fh of fhs) {
+      const done: Promise<void> = fs.release(fh).catch(err => log(`release: ${(err as Error)?.message ?? String(err)}`))
+        .finally(() => releasing.delete(done))
+      releasing.add(done)
+    }
+  }
+  const releaseTimer = deferReleases(true) ? setInterval(takeReleases, RELEASE_TAKE_MS) : null
+  releaseTimer?.unref()
+
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
+    takeReleases()
     let out: unknown
     try {
       out = fn()
@@ -220,6 +241,10 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
   const addon = fuseStatus()
   if (!addon.addon) log(addon.note!)
   return {
-    unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
+    unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve())),
+    settle: async () => {
+      takeReleases()
+      await Promise.all([...releasing])
+    }
   }
 }
