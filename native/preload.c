@@ -669,7 +669,8 @@ static napi_value defer_releases_js (napi_env env, napi_callback_info info) {
 }
 
 // takeReleased(): the handles released since the last call, in the order the kernel released them, or
-// null when there are none (the common case, answered without taking the lock).
+// null when there are none (the common case, answered without taking the lock). The list is swapped out
+// under the lock and turned into an array after it, so releasing threads never wait for JavaScript.
 static napi_value take_released_js (napi_env env, napi_callback_info info) {
   (void) info;
   napi_value result;
@@ -678,18 +679,23 @@ static napi_value take_released_js (napi_env env, napi_callback_info info) {
     return result;
   }
   pthread_mutex_lock(&released_lock);
+  uint64_t *taken = released;
   size_t n = released_len;
-  if (napi_create_array_with_length(env, n, &result) != napi_ok) {
-    pthread_mutex_unlock(&released_lock);
+  released = NULL;
+  released_cap = 0;
+  __atomic_store_n(&released_len, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&released_lock);
+  napi_status ok = napi_create_array_with_length(env, n, &result);
+  for (size_t i = 0; ok == napi_ok && i < n; i++) {
+    napi_value fh;
+    ok = napi_create_double(env, (double) taken[i], &fh);
+    if (ok == napi_ok) ok = napi_set_element(env, result, (uint32_t) i, fh);
+  }
+  free(taken);
+  if (ok != napi_ok) {
+    napi_throw_error(env, NULL, "takeReleased: could not build the list of released handles");
     return NULL;
   }
-  for (size_t i = 0; i < n; i++) {
-    napi_value fh;
-    napi_create_double(env, (double) released[i], &fh);
-    napi_set_element(env, result, (uint32_t) i, fh);
-  }
-  released_len = 0;
-  pthread_mutex_unlock(&released_lock);
   return result;
 }
 

@@ -914,6 +914,11 @@ export class Filesystem {
     })
   }
 
+  // File handles open through the mount (released ones go once the daemon took their release).
+  openHandles (): number {
+    return this.handles.size
+  }
+
   isOpen (ino: number): boolean {
     return (this.openCount.get(ino) ?? 0) > 0
   }

@@ -93,9 +93,13 @@ export interface Mounted {
   unmount: () => Promise<void>
   // Handles the releases the addon answered that no request took yet, and waits for them.
   settle: () => Promise<void>
+  // Once the kernel let go of the mount: settles, and takes no more releases. One the addon answers after
+  // that is left to the next start, which removes files left without a name and write-back files of
+  // stored data (the same as for releases the kernel never sent).
+  finish: () => Promise<void>
 }
 
-// How often the releases the addon answered are taken when no request comes to take them.
+// How often the releases the addon answered are taken, besides before each request.
 const RELEASE_TAKE_MS = 50
 
 export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
@@ -103,11 +107,18 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
   // Linux asks for this attribute before every write; while no file has one, the preload addon answers.
   setNoCapabilities(!fs.anyHasXattr(CAPABILITY_XATTR))
 
-  // Releases answered by the addon (native/preload.c, release_noted) are handled before the next request,
-  // which may depend on them (an unlink of the file, say), and on a timer when none comes.
+  // Releases answered by the addon (native/preload.c, release_noted) are taken before each request, which
+  // may depend on them (an unlink of the file, say), and on a timer. The addon's list is the process's:
+  // one mount per process.
   const releasing = new Set<Promise<void>>()
   const takeReleases = (): void => {
-    const fhs = takeReleased()
+    let fhs: number[] | null
+    try {
+      fhs = takeReleased()
+    } catch (err) {
+      log(`release: ${(err as Error)?.message ?? String(err)}`)
+      return
+    }
     if (fhs === null) return
     for (const fh of fhs) {
       const done: Promise<void> = fs.release(fh).catch(err => log(`release: ${(err as Error)?.message ?? String(err)}`))
@@ -240,11 +251,20 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
   await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
   const addon = fuseStatus()
   if (!addon.addon) log(addon.note!)
+  const settle = async (): Promise<void> => {
+    takeReleases()
+    await Promise.all([...releasing])
+  }
+  const finish = async (): Promise<void> => {
+    if (releaseTimer) clearInterval(releaseTimer)
+    await settle()
+  }
   return {
-    unmount: () => new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve())),
-    settle: async () => {
-      takeReleases()
-      await Promise.all([...releasing])
-    }
+    unmount: async () => {
+      await new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
+      await finish()
+    },
+    settle,
+    finish
   }
 }
