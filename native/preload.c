@@ -593,20 +593,25 @@ static napi_value request_bytes_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Sets *flag from the one boolean argument of a call from JavaScript; usage is the error for anything else.
+static napi_value set_flag (napi_env env, napi_callback_info info, volatile int *flag, const char *usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool on = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_bool(env, argv[0], &on) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  *flag = on ? 1 : 0;
+  __sync_synchronize();
+  return NULL;
+}
+
 // setNoCapabilities(true): no file has a security.capability attribute, so getxattr_quick may answer for
 // it; false: one may (called before one is stored).
 static napi_value set_no_capabilities (napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  bool absent = false;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_value_bool(env, argv[0], &absent) != napi_ok) {
-    napi_throw_type_error(env, NULL, "setNoCapabilities(absent) needs a boolean");
-    return NULL;
-  }
-  no_capabilities = absent ? 1 : 0;
-  __sync_synchronize();
-  return NULL;
+  return set_flag(env, info, &no_capabilities, "setNoCapabilities(absent) needs a boolean");
 }
 
 // noteCreated(fh, ints): the attributes of the file just created with handle fh, for libfuse's fgetattr
@@ -655,17 +660,7 @@ static napi_value note_created_js (napi_env env, napi_callback_info info) {
 
 // deferReleases(on): whether releases are answered here and listed for takeReleased (see release_noted).
 static napi_value defer_releases_js (napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  bool on = false;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_value_bool(env, argv[0], &on) != napi_ok) {
-    napi_throw_type_error(env, NULL, "deferReleases(on) needs a boolean");
-    return NULL;
-  }
-  defer_releases = on ? 1 : 0;
-  __sync_synchronize();
-  return NULL;
+  return set_flag(env, info, &defer_releases, "deferReleases(on) needs a boolean");
 }
 
 // takeReleased(): the handles released since the last call, in the order the kernel released them, or
