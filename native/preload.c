@@ -240,7 +240,7 @@ static int flush_quick (const char *path, struct fuse_file_info *fi) {
 // Releases answered here, once the daemon asked for it (deferReleases): the kernel sends RELEASE after
 // close(2) returned and ignores the answer, so nothing waits for the daemon's work on it (dropping the
 // handle, tidying the file's write-back data). The handle goes on a list that the daemon takes
-// (takeReleased) before it handles its next request, and every 50 ms, which saves the main thread one
+// (takeReleased) before each request it handles, and every 50 ms, which saves the main thread one
 // request in four of writing a small file and one in three of reading it. A handle stays the daemon's
 // until it took the list, so its number is not given to a new open meanwhile.
 static volatile int defer_releases = 0;

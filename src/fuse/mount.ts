@@ -111,18 +111,17 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
   // may depend on them (an unlink of the file, say), and on a timer. The addon's list is the process's:
   // one mount per process.
   const releasing = new Set<Promise<void>>()
+  const releaseFailed = (err: unknown): void => log(`release: ${(err as Error)?.message ?? String(err)}`)
   const takeReleases = (): void => {
     let fhs: number[] | null
     try {
       fhs = takeReleased()
     } catch (err) {
-      log(`release: ${(err as Error)?.message ?? String(err)}`)
-      return
+      return releaseFailed(err)
     }
     if (fhs === null) return
     for (const fh of fhs) {
-      const done: Promise<void> = fs.release(fh).catch(err => log(`release: ${(err as Error)?.message ?? String(err)}`))
-        .finally(() => releasing.delete(done))
+      const done: Promise<void> = fs.release(fh).catch(releaseFailed).finally(() => releasing.delete(done))
       releasing.add(done)
     }
   }
