@@ -247,7 +247,12 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     autoCache: true,
     timeout: false
   })
-  await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
+  try {
+    await new Promise<void>((resolve, reject) => fuse.mount(err => err ? reject(err) : resolve()))
+  } catch (err) {
+    if (releaseTimer) clearInterval(releaseTimer)
+    throw err
+  }
   const addon = fuseStatus()
   if (!addon.addon) log(addon.note!)
   const settle = async (): Promise<void> => {
