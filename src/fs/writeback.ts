@@ -362,6 +362,8 @@ export class WriteBack {
   // that a power loss cannot bring back a row naming a deleted file.
   async tidy (syncMeta: () => Promise<void>): Promise<void> {
     while (this.tidying) await this.tidying
+    // The background loop asks after every round; mostly there is nothing to do.
+    if (this.sparse.size === 0 && this.drained.size === 0) return
     this.tidying = this.tidyOnce(syncMeta).finally(() => { this.tidying = null })
     await this.tidying
   }
