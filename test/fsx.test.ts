@@ -1,0 +1,305 @@
+// Random operations on a handful of files through the mount, each checked against a model kept in memory:
+// writes at any offset (around the inline limit and chunk boundaries, past the end, through descriptors
+// kept open), appends, truncates, renames over other files, hard links, unlinks of open files, fsync, with
+// coopfs sync (which packs what waits), remounts and kill -9 of the daemon in between. Seeded: a failure
+// names its seed and step, and COOPFS_FSX_SEED=S COOPFS_FSX_OPS=N runs that sequence again.
+// Run: node --import tsx test/fsx.test.ts
+import test from 'brittle'
+import fs from 'node:fs'
+import path from 'node:path'
+import { init, mount, unmount, sync, killDaemon, type Setup } from './helpers.js'
+
+const CHUNK = 128 * 1024
+const INLINE = 32 * 1024
+const BOUNDARIES = [INLINE, CHUNK, 2 * CHUNK, 3 * CHUNK]
+const MAX_END = 3 * CHUNK + 9000
+const NAMES = ['a', 'b', 'c', 'd', 'e']
+const MAX_OPEN = 3
+// Each sequence stops at its step count or after this long, whichever comes first.
+const BUDGET_MS = Number(process.env.COOPFS_FSX_BUDGET_MS || 75_000)
+
+// mulberry32: small, fast, and the same sequence for the same seed everywhere.
+function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let x = a
+    x = Math.imul(x ^ (x >>> 15), x | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+interface Node { id: number, data: Buffer }
+interface Open { fd: number, node: Node, append: boolean }
+
+class Model {
+  names = new Map<string, Node>()
+  open: Open[] = []
+  private nextId = 1
+
+  node (): Node {
+    return { id: this.nextId++, data: Buffer.alloc(0) }
+  }
+
+  static write (n: Node, pos: number, buf: Buffer): void {
+    if (pos + buf.length > n.data.length) n.data = Buffer.concat([n.data, Buffer.alloc(pos + buf.length - n.data.length)])
+    buf.copy(n.data, pos)
+  }
+
+  static truncate (n: Node, size: number): void {
+    if (size <= n.data.length) n.data = Buffer.from(n.data.subarray(0, size))
+    else n.data = Buffer.concat([n.data, Buffer.alloc(size - n.data.length)])
+  }
+}
+
+function readAll (fd: number, len: number, pos: number): Buffer {
+  const buf = Buffer.alloc(len)
+  let got = 0
+  while (got < len) {
+    const n = fs.readSync(fd, buf, got, len - got, pos + got)
+    if (n === 0) break
+    got += n
+  }
+  return buf.subarray(0, got)
+}
+
+async function runSequence (t: any, seed: number, steps: number): Promise<void> {
+  const s: Setup = await init(t, { slots: 512 })
+  await mount(s)
+  const dir = path.join(s.mnt, 'fsx')
+  fs.mkdirSync(dir)
+  const rnd = prng(seed)
+  const int = (n: number): number => Math.floor(rnd() * n)
+  const pick = <T>(xs: T[]): T => xs[int(xs.length)]
+  const m = new Model()
+  const counts: Record<string, number> = {}
+  let step = 0
+  let failure: string | null = null
+
+  const fail = (what: string): void => {
+    if (failure === null) failure = `seed ${seed}, step ${step}: ${what}`
+  }
+  const data = (len: number): Buffer => {
+    const buf = Buffer.allocUnsafe(len)
+    let x = (int(0x7fffffff) | 1) >>> 0
+    for (let i = 0; i < len; i++) {
+      x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0
+      buf[i] = x & 0xff
+    }
+    return buf
+  }
+  const offset = (size: number): number => {
+    const r = rnd()
+    if (r < 0.15) return 0
+    if (r < 0.45) return int(size + 1)
+    if (r < 0.75) return Math.max(0, pick(BOUNDARIES) + int(601) - 300)
+    return int(MAX_END)
+  }
+  const length = (): number => {
+    const r = rnd()
+    if (r < 0.35) return 1 + int(512)
+    if (r < 0.65) return 1 + int(8192)
+    return 1 + int(160 * 1024)
+  }
+  const checkNode = (n: Node, fd: number, where: string): void => {
+    const size = fs.fstatSync(fd).size
+    if (size !== n.data.length) return fail(`${where}: size ${size}, model ${n.data.length}`)
+    const got = readAll(fd, n.data.length + 1, 0)
+    if (!got.equals(n.data)) {
+      let i = 0
+      while (i < Math.min(got.length, n.data.length) && got[i] === n.data[i]) i++
+      fail(`${where}: ${got.length} bytes read, model ${n.data.length}; first difference at byte ${i}`)
+    }
+  }
+  const checkAll = (where: string): void => {
+    const listed = fs.readdirSync(dir).sort()
+    const want = [...m.names.keys()].sort()
+    if (listed.join() !== want.join()) return fail(`${where}: names [${listed.join()}], model [${want.join()}]`)
+    for (const [name, n] of m.names) {
+      const fd = fs.openSync(path.join(dir, name), 'r')
+      try {
+        checkNode(n, fd, `${where}, ${name}`)
+      } finally {
+        fs.closeSync(fd)
+      }
+    }
+    for (const o of m.open) checkNode(o.node, o.fd, `${where}, open descriptor of file #${o.node.id}`)
+  }
+  const closeAll = (): void => {
+    for (const o of m.open) fs.closeSync(o.fd)
+    m.open = []
+  }
+  // Opens a name for writing, making the file (and its node) when it does not exist.
+  const openName = (name: string, append: boolean): Open => {
+    let n = m.names.get(name)
+    if (!n) {
+      n = m.node()
+      m.names.set(name, n)
+    }
+    return { fd: fs.openSync(path.join(dir, name), append ? 'a+' : fs.existsSync(path.join(dir, name)) ? 'r+' : 'w+'), node: n, append }
+  }
+
+  const ops: Array<[number, string, () => Promise<void> | void]> = [
+    [24, 'write by name', () => {
+      const o = openName(pick(NAMES), false)
+      const buf = data(length())
+      const pos = offset(o.node.data.length)
+      try {
+        fs.writeSync(o.fd, buf, 0, buf.length, pos)
+      } finally {
+        fs.closeSync(o.fd)
+      }
+      Model.write(o.node, pos, buf)
+    }],
+    [18, 'write through an open descriptor', () => {
+      if (m.open.length === 0) return
+      const o = pick(m.open)
+      const buf = data(length())
+      const pos = o.append ? o.node.data.length : offset(o.node.data.length)
+      fs.writeSync(o.fd, buf, 0, buf.length, o.append ? null : pos)
+      Model.write(o.node, pos, buf)
+    }],
+    [6, 'append by name', () => {
+      const o = openName(pick(NAMES), true)
+      const buf = data(length())
+      try {
+        fs.writeSync(o.fd, buf)
+      } finally {
+        fs.closeSync(o.fd)
+      }
+      Model.write(o.node, o.node.data.length, buf)
+    }],
+    [14, 'read a range', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const name = pick(names)
+      const n = m.names.get(name)!
+      const pos = offset(n.data.length)
+      const len = length()
+      const fd = fs.openSync(path.join(dir, name), 'r')
+      try {
+        const got = readAll(fd, len, pos)
+        const want = n.data.subarray(Math.min(pos, n.data.length), Math.min(pos + len, n.data.length))
+        if (!got.equals(want)) fail(`read of ${name} at ${pos} (+${len}): ${got.length} bytes that differ from the model's ${want.length}`)
+      } finally {
+        fs.closeSync(fd)
+      }
+    }],
+    [8, 'truncate by name', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const name = pick(names)
+      const n = m.names.get(name)!
+      const r = rnd()
+      const size = r < 0.25 ? 0 : r < 0.55 ? int(n.data.length + 1) : r < 0.8 ? Math.max(0, pick(BOUNDARIES) + int(601) - 300) : int(MAX_END)
+      fs.truncateSync(path.join(dir, name), size)
+      Model.truncate(n, size)
+    }],
+    [6, 'ftruncate', () => {
+      if (m.open.length === 0) return
+      const o = pick(m.open)
+      const size = rnd() < 0.5 ? int(o.node.data.length + 1) : int(MAX_END)
+      fs.ftruncateSync(o.fd, size)
+      Model.truncate(o.node, size)
+    }],
+    [6, 'open a descriptor', () => {
+      if (m.open.length >= MAX_OPEN) return
+      m.open.push(openName(pick(NAMES), rnd() < 0.25))
+    }],
+    [4, 'close a descriptor', () => {
+      if (m.open.length === 0) return
+      const i = int(m.open.length)
+      fs.closeSync(m.open[i].fd)
+      m.open.splice(i, 1)
+    }],
+    [4, 'fsync', () => {
+      if (m.open.length === 0) return
+      const o = pick(m.open)
+      fs.fsyncSync(o.fd)
+      checkNode(o.node, o.fd, `fsync of file #${o.node.id}`)
+    }],
+    [4, 'rename', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const from = pick(names)
+      const to = pick(NAMES)
+      fs.renameSync(path.join(dir, from), path.join(dir, to))
+      const n = m.names.get(from)!
+      // Renaming a name onto another name of the same file changes nothing (POSIX).
+      if (from !== to && m.names.get(to) !== n) {
+        m.names.set(to, n)
+        m.names.delete(from)
+      }
+    }],
+    [2, 'hard link', () => {
+      const names = [...m.names.keys()]
+      const free = NAMES.filter(n => !m.names.has(n))
+      if (names.length === 0 || free.length === 0) return
+      const from = pick(names)
+      const to = pick(free)
+      fs.linkSync(path.join(dir, from), path.join(dir, to))
+      m.names.set(to, m.names.get(from)!)
+    }],
+    [3, 'unlink', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const name = pick(names)
+      fs.unlinkSync(path.join(dir, name))
+      m.names.delete(name)
+    }],
+    [3, 'check every file', () => checkAll('check')],
+    [2, 'coopfs sync', async () => {
+      await sync(s.home)
+      checkAll('after coopfs sync')
+    }],
+    [0.6, 'remount', async () => {
+      closeAll()
+      await unmount(s.mnt)
+      await mount(s)
+      checkAll('after remount')
+    }],
+    [0.6, 'kill -9 and mount again', async () => {
+      // Every descriptor is closed first: what close confirmed must all be there afterwards.
+      closeAll()
+      await killDaemon(s)
+      await mount(s)
+      checkAll('after kill -9')
+    }]
+  ]
+  const total = ops.reduce((a, [w]) => a + w, 0)
+  const started = Date.now()
+  for (step = 0; step < steps && failure === null && Date.now() - started < BUDGET_MS; step++) {
+    let r = rnd() * total
+    let i = 0
+    while (r >= ops[i][0]) r -= ops[i++][0]
+    const [, name, fn] = ops[Math.min(i, ops.length - 1)]
+    try {
+      await fn()
+    } catch (err) {
+      fail(`${name} threw ${(err as Error).message}`)
+    }
+    counts[name] = (counts[name] ?? 0) + 1
+  }
+  if (failure === null) {
+    closeAll()
+    checkAll('at the end')
+    await unmount(s.mnt)
+    await mount(s)
+    checkAll('at the end, after a remount')
+  }
+  t.comment(`seed ${seed}: ${step} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')}`)
+  t.is(failure, null, failure ?? `seed ${seed}: ${step} steps, the mount always agreed with the model`)
+  t.ok(step >= Math.min(steps, 100), `at least 100 steps ran (${step})`)
+  for (const o of m.open) fs.closeSync(o.fd)
+  await unmount(s.mnt)
+}
+
+const SEEDS = process.env.COOPFS_FSX_SEED ? [Number(process.env.COOPFS_FSX_SEED)] : [1, 2]
+const STEPS = Number(process.env.COOPFS_FSX_OPS || 600)
+
+for (const seed of SEEDS) {
+  test(`random operations agree with a model of the files (seed ${seed})`, { timeout: BUDGET_MS + 120_000 }, async t => {
+    await runSequence(t, seed, STEPS)
+  })
+}
