@@ -59,6 +59,10 @@ static int (*inner_open) (const char *, struct fuse_file_info *) = NULL;
 static int (*inner_flush) (const char *, struct fuse_file_info *) = NULL;
 static int (*inner_release) (const char *, struct fuse_file_info *) = NULL;
 static int (*inner_fgetattr) (const char *, struct stat *, struct fuse_file_info *) = NULL;
+static int (*inner_rename) (const char *, const char *) = NULL;
+static int (*inner_link) (const char *, const char *) = NULL;
+// The request the thread is serving (its kernel opcode, 0 when not known), set by fuse_session_process_buf.
+static __thread uint32_t serving = 0;
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
 // On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
@@ -281,6 +285,51 @@ static int release_noted (const char *path, struct fuse_file_info *fi) {
   return inner_release(path, fi);
 }
 
+// A rename onto a name that is open: libfuse 2 first renames the target to a hidden name of its own
+// (.fuse_hidden...), which keeps the open descriptors working, and then renames the source onto the freed
+// name. When source and target are two names of one file, POSIX says the rename changes nothing; here
+// the source name would go and the target's name would become the hidden one, removed at the last
+// close, so the file would lose both names but one. rename_same_file notes the hidden name within the
+// thread's FUSE_RENAME request, and when the source turns out to be the same file (same inode number)
+// the target gets its name back as a link instead, and the source name stays. The hidden name is a link
+// too, which libfuse removes when the last descriptor closes, as for any hidden file.
+#define KERNEL_FUSE_RENAME 12
+#define HIDDEN_PREFIX "/.fuse_hidden"
+static __thread char *hid_from = NULL;
+static __thread char *hid_to = NULL;
+
+static void forget_hidden (void) {
+  free(hid_from);
+  free(hid_to);
+  hid_from = hid_to = NULL;
+}
+
+static int is_hidden_path (const char *path) {
+  const char *slash = strrchr(path, '/');
+  return slash != NULL && strncmp(slash, HIDDEN_PREFIX, strlen(HIDDEN_PREFIX)) == 0;
+}
+
+static int rename_same_file (const char *from, const char *to) {
+  if (serving != KERNEL_FUSE_RENAME) return inner_rename(from, to);
+  if (hid_from != NULL && strcmp(to, hid_from) == 0) {
+    struct stat a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    int same = inner_getattr(from, &a) == 0 && inner_getattr(hid_to, &b) == 0 && a.st_ino == b.st_ino;
+    int r = same ? inner_link(hid_to, to) : inner_rename(from, to);
+    forget_hidden();
+    return r;
+  }
+  int r = inner_rename(from, to);
+  if (r == 0 && is_hidden_path(to)) {
+    forget_hidden();
+    hid_from = strdup(from);
+    hid_to = strdup(to);
+    if (hid_from == NULL || hid_to == NULL) forget_hidden();
+  }
+  return r;
+}
+
 static int utimens_now (const char *path, const struct timespec tv[2]) {
   struct timespec t[2] = { tv[0], tv[1] };
   struct timespec now;
@@ -319,6 +368,11 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
   }
   inner_getattr = wrapped_ops.getattr;
   inner_chown = wrapped_ops.chown;
+  if (inner_getattr && wrapped_ops.rename && wrapped_ops.link) {
+    inner_rename = wrapped_ops.rename;
+    inner_link = wrapped_ops.link;
+    wrapped_ops.rename = rename_same_file;
+  }
   if ((inner_create = wrapped_ops.create)) {
     wrapped_ops.create = create_owned;
     if ((inner_fgetattr = wrapped_ops.fgetattr)) wrapped_ops.fgetattr = fgetattr_quick;
@@ -360,6 +414,7 @@ static napi_value load_global (napi_env env, napi_callback_info info) {
 typedef int (*reply_attr_fn) (fuse_req_t, const struct stat *, double);
 typedef int (*reply_entry_fn) (fuse_req_t, const struct fuse_entry_param *);
 typedef int (*reply_create_fn) (fuse_req_t, const struct fuse_entry_param *, const struct fuse_file_info *);
+typedef int (*reply_write_fn) (fuse_req_t, size_t);
 
 // A function of libfuse 2 by name and version (the versions fuse-native links against), wherever
 // libfuse.so.2 was loaded from: as fuse-native's dependency, or globally by loadGlobal.
@@ -376,13 +431,202 @@ static notify_inval_inode_fn notify_inval_inode = NULL;
 static reply_attr_fn real_reply_attr = NULL;
 static reply_entry_fn real_reply_entry = NULL;
 static reply_create_fn real_reply_create = NULL;
+static reply_write_fn real_reply_write = NULL;
 
 static void resolve_replies (void) {
   if (!real_reply_attr) real_reply_attr = (reply_attr_fn) libfuse_symbol("fuse_reply_attr", "FUSE_2.4");
   if (!real_reply_entry) real_reply_entry = (reply_entry_fn) libfuse_symbol("fuse_reply_entry", "FUSE_2.4");
   if (!real_reply_create) real_reply_create = (reply_create_fn) libfuse_symbol("fuse_reply_create", "FUSE_2.5");
+  if (!real_reply_write) real_reply_write = (reply_write_fn) libfuse_symbol("fuse_reply_write", "FUSE_2.4");
   if (!real_process_buf) real_process_buf = (process_buf_fn) libfuse_symbol("fuse_session_process_buf", "FUSE_2.9");
   if (!notify_inval_inode) notify_inval_inode = (notify_inval_inode_fn) libfuse_symbol("fuse_lowlevel_notify_inval_inode", "FUSE_2.8");
+}
+
+// A request's header, from the kernel's FUSE ABI.
+struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64_t nodeid; uint32_t uid; uint32_t gid; uint32_t pid; uint32_t padding; };
+
+// File data across the names of one file. Each name of a hard-linked file is a kernel inode of its own
+// (libfuse 2's path API), with a page cache of its own: data written through one name would leave the
+// pages another name had cached as they were, and a descriptor open on that name would go on reading the
+// old bytes (random operations checked against a model found it). The kernel inodes of files that have
+// more than one (the replies that get no attribute timeout, see cached_attrs, and both sides of a link)
+// are noted with the file's inode number, and before a write or a change of size through one of them is
+// answered, the kernel is told to drop the cached data and attributes of the others. The kernel may have
+// to wait for pages another request holds (a write through another name of the same file waiting for its
+// own answer), so the telling runs on a thread of its own and the answer waits for it at most
+// SIBLING_WAIT_MS; past that the answer goes and the pages are dropped as soon as the kernel lets go.
+// A kernel inode the kernel forgets (FUSE_FORGET, FUSE_BATCH_FORGET) leaves the table.
+#define KERNEL_FUSE_FORGET 2
+#define KERNEL_FUSE_SETATTR 4
+#define KERNEL_FUSE_WRITE 16
+#define KERNEL_FUSE_BATCH_FORGET 42
+#define KERNEL_FATTR_SIZE (1u << 3)
+#define NODE_BUCKETS 4096
+#define SIBLING_WAIT_MS 100
+struct kernel_batch_forget_in { uint32_t count; uint32_t dummy; };
+struct kernel_forget_one { uint64_t nodeid; uint64_t nlookup; };
+struct node_ino { uint64_t node; uint64_t ino; struct node_ino *next_by_node; struct node_ino *next_by_ino; };
+static struct node_ino *by_node[NODE_BUCKETS];
+static struct node_ino *by_ino[NODE_BUCKETS];
+static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread uint64_t serving_node = 0;
+static __thread struct fuse_chan *serving_chan = NULL;
+static __thread int serving_size_change = 0;
+static volatile uint64_t siblings_dropped = 0;
+
+static size_t bucket_of (uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  return (size_t) (x % NODE_BUCKETS);
+}
+
+static struct node_ino **find_by_node (uint64_t node) {
+  struct node_ino **p = &by_node[bucket_of(node)];
+  while (*p && (*p)->node != node) p = &(*p)->next_by_node;
+  return p;
+}
+
+static void unlink_by_ino (struct node_ino *e) {
+  struct node_ino **p = &by_ino[bucket_of(e->ino)];
+  while (*p && *p != e) p = &(*p)->next_by_ino;
+  if (*p) *p = e->next_by_ino;
+}
+
+static void note_node (uint64_t node, uint64_t ino) {
+  if (node == 0 || ino == 0) return;
+  pthread_mutex_lock(&nodes_lock);
+  struct node_ino *e = *find_by_node(node);
+  if (e == NULL) {
+    e = malloc(sizeof(*e));
+    if (e != NULL) {
+      e->node = node;
+      e->next_by_node = by_node[bucket_of(node)];
+      by_node[bucket_of(node)] = e;
+      e->ino = 0;
+    }
+  }
+  if (e != NULL && e->ino != ino) {
+    if (e->ino != 0) unlink_by_ino(e);
+    e->ino = ino;
+    e->next_by_ino = by_ino[bucket_of(ino)];
+    by_ino[bucket_of(ino)] = e;
+  }
+  pthread_mutex_unlock(&nodes_lock);
+}
+
+static void forget_node (uint64_t node) {
+  pthread_mutex_lock(&nodes_lock);
+  struct node_ino **p = find_by_node(node);
+  struct node_ino *e = *p;
+  if (e != NULL) {
+    *p = e->next_by_node;
+    unlink_by_ino(e);
+  }
+  pthread_mutex_unlock(&nodes_lock);
+  free(e);
+}
+
+static void forget_nodes (const struct kernel_in_header *in, size_t size) {
+  if (in->opcode == KERNEL_FUSE_FORGET) {
+    forget_node(in->nodeid);
+  } else if (in->opcode == KERNEL_FUSE_BATCH_FORGET && size >= sizeof(*in) + sizeof(struct kernel_batch_forget_in)) {
+    const struct kernel_batch_forget_in *arg = (const struct kernel_batch_forget_in *) (in + 1);
+    const struct kernel_forget_one *one = (const struct kernel_forget_one *) (arg + 1);
+    size_t room = (size - sizeof(*in) - sizeof(*arg)) / sizeof(*one);
+    for (size_t i = 0; i < arg->count && i < room; i++) forget_node(one[i].nodeid);
+  }
+}
+
+struct sibling_job {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int done;
+  int refs;
+  struct fuse_chan *ch;
+  size_t count;
+  uint64_t nodes[];
+};
+
+static void job_put (struct sibling_job *job) {
+  pthread_mutex_lock(&job->lock);
+  int left = --job->refs;
+  pthread_mutex_unlock(&job->lock);
+  if (left > 0) return;
+  pthread_cond_destroy(&job->cond);
+  pthread_mutex_destroy(&job->lock);
+  free(job);
+}
+
+static void *drop_siblings_run (void *arg) {
+  struct sibling_job *job = arg;
+  for (size_t i = 0; i < job->count; i++) notify_inval_inode(job->ch, job->nodes[i], 0, 0);
+  __sync_fetch_and_add(&siblings_dropped, job->count);
+  pthread_mutex_lock(&job->lock);
+  job->done = 1;
+  pthread_cond_signal(&job->cond);
+  pthread_mutex_unlock(&job->lock);
+  job_put(job);
+  return NULL;
+}
+
+// Drops what the kernel caches for the other kernel inodes of the file the thread's request is about.
+static void drop_siblings (void) {
+  if (serving_node == 0 || serving_chan == NULL || notify_inval_inode == NULL) return;
+  pthread_mutex_lock(&nodes_lock);
+  struct node_ino *self = *find_by_node(serving_node);
+  size_t count = 0;
+  if (self != NULL) {
+    for (struct node_ino *e = by_ino[bucket_of(self->ino)]; e; e = e->next_by_ino) {
+      if (e->ino == self->ino && e != self) count++;
+    }
+  }
+  struct sibling_job *job = count ? malloc(sizeof(*job) + count * sizeof(uint64_t)) : NULL;
+  if (job != NULL) {
+    size_t i = 0;
+    for (struct node_ino *e = by_ino[bucket_of(self->ino)]; e && i < count; e = e->next_by_ino) {
+      if (e->ino == self->ino && e != self) job->nodes[i++] = e->node;
+    }
+    job->count = i;
+  }
+  pthread_mutex_unlock(&nodes_lock);
+  if (job == NULL) return;
+  pthread_mutex_init(&job->lock, NULL);
+  pthread_cond_init(&job->cond, NULL);
+  job->done = 0;
+  job->refs = 2;
+  job->ch = serving_chan;
+  pthread_attr_t attr;
+  pthread_t thread;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int started = pthread_create(&thread, &attr, drop_siblings_run, job) == 0;
+  pthread_attr_destroy(&attr);
+  if (!started) {
+    // Without a thread of its own the kernel's wait could be this request's: the pages stay.
+    job->refs = 1;
+    job_put(job);
+    return;
+  }
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += (long) SIBLING_WAIT_MS * 1000000L;
+  until.tv_sec += until.tv_nsec / 1000000000L;
+  until.tv_nsec %= 1000000000L;
+  pthread_mutex_lock(&job->lock);
+  while (!job->done) {
+    if (pthread_cond_timedwait(&job->cond, &job->lock, &until) != 0) break;
+  }
+  pthread_mutex_unlock(&job->lock);
+  job_put(job);
+}
+
+__attribute__((visibility("default")))
+int fuse_reply_write (fuse_req_t req, size_t count) {
+  if (!real_reply_write) resolve_replies();
+  reply_write_fn real = real_reply_write;
+  if (serving == KERNEL_FUSE_WRITE) drop_siblings();
+  return real(req, count);
 }
 
 // A link made from a name the kernel holds attributes for. Linux (6.x) only updates that name's cached
@@ -393,7 +637,6 @@ static void resolve_replies (void) {
 // link) first tells the kernel to drop that node's attributes. Layouts from the kernel's FUSE ABI.
 #define KERNEL_FUSE_LINK 13
 #define KERNEL_FUSE_INIT 26
-struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64_t nodeid; uint32_t uid; uint32_t gid; uint32_t pid; uint32_t padding; };
 struct kernel_link_in { uint64_t oldnodeid; };
 static __thread uint64_t link_source = 0;
 static __thread struct fuse_chan *link_chan = NULL;
@@ -493,7 +736,17 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
   } else if (in != NULL && in->opcode == KERNEL_FUSE_INIT) {
     note_init(in, buf->size);
   }
+  serving = in != NULL ? in->opcode : 0;
+  serving_node = in != NULL ? in->nodeid : 0;
+  serving_chan = ch;
+  serving_size_change = in != NULL && in->opcode == KERNEL_FUSE_SETATTR &&
+    buf->size >= sizeof(*in) + sizeof(uint32_t) && (*(const uint32_t *) (in + 1) & KERNEL_FATTR_SIZE) != 0;
+  if (in != NULL) forget_nodes(in, buf->size);
   real(se, buf, ch);
+  serving = 0;
+  serving_node = 0;
+  serving_chan = NULL;
+  forget_hidden();
   link_source = 0;
   link_chan = NULL;
   created_here.used = 0;
@@ -517,6 +770,8 @@ __attribute__((visibility("default")))
 int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeout) {
   if (!real_reply_attr) resolve_replies();
   reply_attr_fn real = real_reply_attr;
+  if (attr != NULL && !cached_attrs(attr)) note_node(serving_node, attr->st_ino);
+  if (serving == KERNEL_FUSE_SETATTR && serving_size_change) drop_siblings();
   return real(req, attr, attr != NULL && !cached_attrs(attr) ? 0 : attr_timeout);
 }
 
@@ -533,6 +788,10 @@ __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
+  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) {
+    note_node(e->ino, e->attr.st_ino);
+    if (link_source != 0) note_node(link_source, e->attr.st_ino);
+  }
   drop_link_source();
   struct fuse_entry_param copy;
   return real(req, entry_to_send(e, &copy));
@@ -542,6 +801,7 @@ __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
   if (!real_reply_create) resolve_replies();
   reply_create_fn real = real_reply_create;
+  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) note_node(e->ino, e->attr.st_ino);
   struct fuse_entry_param copy;
   return real(req, entry_to_send(e, &copy), fi);
 }
@@ -711,6 +971,15 @@ static napi_value answered_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// How many times the cached data of a kernel inode was dropped because the file changed through another
+// of its names (drop_siblings).
+static napi_value siblings_dropped_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+  napi_create_double(env, (double) siblings_dropped, &result);
+  return result;
+}
+
 // trimMalloc(): gives the pages of freed memory in malloc's heaps back to the system (malloc_trim). The
 // daemon's 128-256 KiB chunk and block buffers come from those heaps once glibc has raised its mmap
 // threshold past them (it does after the first such buffer is freed), and pages freed there stay resident
@@ -731,6 +1000,7 @@ static napi_value init (napi_env env, napi_value exports) {
     { "trimMalloc", trim_malloc },
     { "noteCreated", note_created_js },
     { "answered", answered_js },
+    { "siblingsDropped", siblings_dropped_js },
     { "deferReleases", defer_releases_js },
     { "takeReleased", take_released_js },
     { "setNoCapabilities", set_no_capabilities },

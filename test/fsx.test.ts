@@ -76,9 +76,15 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
   const counts: Record<string, number> = {}
   let step = 0
   let failure: string | null = null
+  // The last steps taken, named in a failure.
+  const trail: string[] = []
+  const did = (what: string): void => {
+    trail.push(`${step} ${what}`)
+    if (trail.length > 40) trail.shift()
+  }
 
   const fail = (what: string): void => {
-    if (failure === null) failure = `seed ${seed}, step ${step}: ${what}`
+    if (failure === null) failure = `seed ${seed}, step ${step}: ${what}\nsteps before it:\n${trail.join('\n')}`
   }
   const data = (len: number): Buffer => {
     const buf = Buffer.allocUnsafe(len)
@@ -142,9 +148,11 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
 
   const ops: Array<[number, string, () => Promise<void> | void]> = [
     [24, 'write by name', () => {
-      const o = openName(pick(NAMES), false)
+      const name = pick(NAMES)
+      const o = openName(name, false)
       const buf = data(length())
       const pos = offset(o.node.data.length)
+      did(`write ${name} (#${o.node.id}, ${o.node.data.length} bytes) at ${pos} +${buf.length}`)
       try {
         fs.writeSync(o.fd, buf, 0, buf.length, pos)
       } finally {
@@ -157,12 +165,15 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       const o = pick(m.open)
       const buf = data(length())
       const pos = o.append ? o.node.data.length : offset(o.node.data.length)
+      did(`write fd ${o.fd} (#${o.node.id}, ${o.node.data.length} bytes${o.append ? ', append' : ''}) at ${pos} +${buf.length}`)
       fs.writeSync(o.fd, buf, 0, buf.length, o.append ? null : pos)
       Model.write(o.node, pos, buf)
     }],
     [6, 'append by name', () => {
-      const o = openName(pick(NAMES), true)
+      const name = pick(NAMES)
+      const o = openName(name, true)
       const buf = data(length())
+      did(`append ${name} (#${o.node.id}, ${o.node.data.length} bytes) +${buf.length}`)
       try {
         fs.writeSync(o.fd, buf)
       } finally {
@@ -177,6 +188,7 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       const n = m.names.get(name)!
       const pos = offset(n.data.length)
       const len = length()
+      did(`read ${name} (#${n.id}) at ${pos} +${len}`)
       const fd = fs.openSync(path.join(dir, name), 'r')
       try {
         const got = readAll(fd, len, pos)
@@ -193,6 +205,7 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       const n = m.names.get(name)!
       const r = rnd()
       const size = r < 0.25 ? 0 : r < 0.55 ? int(n.data.length + 1) : r < 0.8 ? Math.max(0, pick(BOUNDARIES) + int(601) - 300) : int(MAX_END)
+      did(`truncate ${name} (#${n.id}, ${n.data.length} bytes) to ${size}`)
       fs.truncateSync(path.join(dir, name), size)
       Model.truncate(n, size)
     }],
@@ -200,22 +213,28 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       if (m.open.length === 0) return
       const o = pick(m.open)
       const size = rnd() < 0.5 ? int(o.node.data.length + 1) : int(MAX_END)
+      did(`ftruncate fd ${o.fd} (#${o.node.id}, ${o.node.data.length} bytes) to ${size}`)
       fs.ftruncateSync(o.fd, size)
       Model.truncate(o.node, size)
     }],
     [6, 'open a descriptor', () => {
       if (m.open.length >= MAX_OPEN) return
-      m.open.push(openName(pick(NAMES), rnd() < 0.25))
+      const name = pick(NAMES)
+      const o = openName(name, rnd() < 0.25)
+      m.open.push(o)
+      did(`open ${name} (#${o.node.id}) as fd ${o.fd}${o.append ? ', append' : ''}`)
     }],
     [4, 'close a descriptor', () => {
       if (m.open.length === 0) return
       const i = int(m.open.length)
+      did(`close fd ${m.open[i].fd} (#${m.open[i].node.id})`)
       fs.closeSync(m.open[i].fd)
       m.open.splice(i, 1)
     }],
     [4, 'fsync', () => {
       if (m.open.length === 0) return
       const o = pick(m.open)
+      did(`fsync fd ${o.fd} (#${o.node.id})`)
       fs.fsyncSync(o.fd)
       checkNode(o.node, o.fd, `fsync of file #${o.node.id}`)
     }],
@@ -224,6 +243,7 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       if (names.length === 0) return
       const from = pick(names)
       const to = pick(NAMES)
+      did(`rename ${from} (#${m.names.get(from)!.id}) to ${to}${m.names.has(to) ? ` (#${m.names.get(to)!.id})` : ''}`)
       fs.renameSync(path.join(dir, from), path.join(dir, to))
       const n = m.names.get(from)!
       // Renaming a name onto another name of the same file changes nothing (POSIX).
@@ -238,6 +258,7 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       if (names.length === 0 || free.length === 0) return
       const from = pick(names)
       const to = pick(free)
+      did(`link ${from} (#${m.names.get(from)!.id}) as ${to}`)
       fs.linkSync(path.join(dir, from), path.join(dir, to))
       m.names.set(to, m.names.get(from)!)
     }],
@@ -245,15 +266,21 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
       const names = [...m.names.keys()]
       if (names.length === 0) return
       const name = pick(names)
+      did(`unlink ${name} (#${m.names.get(name)!.id})`)
       fs.unlinkSync(path.join(dir, name))
       m.names.delete(name)
     }],
-    [3, 'check every file', () => checkAll('check')],
+    [3, 'check every file', () => {
+      did('check every file')
+      checkAll('check')
+    }],
     [2, 'coopfs sync', async () => {
+      did('coopfs sync')
       await sync(s.home)
       checkAll('after coopfs sync')
     }],
     [0.6, 'remount', async () => {
+      did('remount')
       closeAll()
       await unmount(s.mnt)
       await mount(s)
@@ -261,6 +288,7 @@ async function runSequence (t: any, seed: number, steps: number): Promise<void> 
     }],
     [0.6, 'kill -9 and mount again', async () => {
       // Every descriptor is closed first: what close confirmed must all be there afterwards.
+      did('kill -9, mount')
       closeAll()
       await killDaemon(s)
       await mount(s)

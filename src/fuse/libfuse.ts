@@ -20,6 +20,7 @@ interface Preload {
   setNoCapabilities?: (absent: boolean) => void
   noteCreated?: (fh: number, ints: Uint32Array) => void
   answered?: () => AnsweredInAddon
+  siblingsDropped?: () => number
   trimMalloc?: () => boolean
   deferReleases?: (on: boolean) => void
   takeReleased?: () => number[] | null
@@ -77,11 +78,11 @@ const LIBFUSE_REQUEST_BYTES = 128 * 1024
 
 // For status: whether the preload addon stands between fuse-native and libfuse, and if not, what that
 // costs; and the largest request the kernel may send. Meaningful once a mount was made.
-export function fuseStatus (): { addon: boolean, note?: string, requestBytes: number, answered?: AnsweredInAddon } {
+export function fuseStatus (): { addon: boolean, note?: string, requestBytes: number, answered?: AnsweredInAddon, siblingCachesDropped?: number } {
   const requestBytes = (interposed ? preloaded?.requestBytes?.() : 0) || LIBFUSE_REQUEST_BYTES
   if (!interposed) return { addon: false, note: 'coopfs_preload addon not in use (run npm install again to build it): new files belong to the daemon\'s user, touch -a and touch -m are ignored, no attribute caching in the kernel', requestBytes }
   if (!preloadTookOver()) return { addon: false, note: 'fuse-native did not call fuse_new through the coopfs_preload addon: new files belong to the daemon\'s user, touch -a and touch -m are ignored', requestBytes }
-  return { addon: true, requestBytes, answered: preloaded?.answered?.() }
+  return { addon: true, requestBytes, answered: preloaded?.answered?.(), siblingCachesDropped: preloaded?.siblingsDropped?.() }
 }
 
 // Tells the preload addon whether no file has a security.capability attribute, so that it may answer the
