@@ -316,7 +316,8 @@ static int rename_same_file (const char *from, const char *to) {
     memset(&a, 0, sizeof(a));
     memset(&b, 0, sizeof(b));
     int same = inner_getattr(from, &a) == 0 && inner_getattr(hid_to, &b) == 0 && a.st_ino == b.st_ino;
-    int r = same ? inner_link(hid_to, to) : inner_rename(from, to);
+    // Should the link fail, the rename goes ahead as libfuse meant it rather than leave the name empty.
+    int r = same && inner_link(hid_to, to) == 0 ? 0 : inner_rename(from, to);
     forget_hidden();
     return r;
   }

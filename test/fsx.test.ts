@@ -13,7 +13,7 @@ const CHUNK = 128 * 1024
 const INLINE = 32 * 1024
 const BOUNDARIES = [INLINE, CHUNK, 2 * CHUNK, 3 * CHUNK]
 const MAX_END = 3 * CHUNK + 9000
-const NAMES = ['a', 'b', 'c', 'd', 'e']
+const NAMES = ['a', 'b', 'c', 'sub/d', 'sub/e']
 const MAX_OPEN = 3
 // Each sequence stops at its step count or after this long, whichever comes first.
 const BUDGET_MS = Number(process.env.COOPFS_FSX_BUDGET_MS || 75_000)
@@ -30,7 +30,8 @@ function prng (seed: number): () => number {
   }
 }
 
-interface Node { id: number, data: Buffer }
+// mtime: what utimes set, null once a write or truncate has set it to the time of the change.
+interface Node { id: number, data: Buffer, mode: number, mtime: number | null }
 interface Open { fd: number, node: Node, append: boolean }
 
 class Model {
@@ -39,17 +40,19 @@ class Model {
   private nextId = 1
 
   node (): Node {
-    return { id: this.nextId++, data: Buffer.alloc(0) }
+    return { id: this.nextId++, data: Buffer.alloc(0), mode: 0o666 & ~process.umask(), mtime: null }
   }
 
   static write (n: Node, pos: number, buf: Buffer): void {
     if (pos + buf.length > n.data.length) n.data = Buffer.concat([n.data, Buffer.alloc(pos + buf.length - n.data.length)])
     buf.copy(n.data, pos)
+    n.mtime = null
   }
 
   static truncate (n: Node, size: number): void {
     if (size <= n.data.length) n.data = Buffer.from(n.data.subarray(0, size))
     else n.data = Buffer.concat([n.data, Buffer.alloc(size - n.data.length)])
+    n.mtime = null
   }
 }
 
@@ -83,6 +86,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
   await mount()
   const dir = path.join(s.mnt, 'fsx')
   fs.mkdirSync(dir)
+  fs.mkdirSync(path.join(dir, 'sub'))
   const rnd = prng(seed)
   const int = (n: number): number => Math.floor(rnd() * n)
   const pick = <T>(xs: T[]): T => xs[int(xs.length)]
@@ -123,8 +127,10 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
     return 1 + int(160 * 1024)
   }
   const checkNode = (n: Node, fd: number, where: string): void => {
-    const size = fs.fstatSync(fd).size
-    if (size !== n.data.length) return fail(`${where}: size ${size}, model ${n.data.length}`)
+    const st = fs.fstatSync(fd)
+    if (st.size !== n.data.length) return fail(`${where}: size ${st.size}, model ${n.data.length}`)
+    if ((st.mode & 0o7777) !== n.mode) return fail(`${where}: mode ${(st.mode & 0o7777).toString(8)}, model ${n.mode.toString(8)}`)
+    if (n.mtime !== null && st.mtimeMs !== n.mtime) return fail(`${where}: mtime ${st.mtimeMs}, model ${n.mtime}`)
     const got = readAll(fd, n.data.length + 1, 0)
     if (!got.equals(n.data)) {
       let i = 0
@@ -133,7 +139,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
     }
   }
   const checkAll = (where: string): void => {
-    const listed = fs.readdirSync(dir).sort()
+    const listed = [...fs.readdirSync(dir).filter(n => n !== 'sub'), ...fs.readdirSync(path.join(dir, 'sub')).map(n => `sub/${n}`)].sort()
     const want = [...m.names.keys()].sort()
     if (listed.join() !== want.join()) return fail(`${where}: names [${listed.join()}], model [${want.join()}]`)
     for (const [name, n] of m.names) {
@@ -211,6 +217,37 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       } finally {
         fs.closeSync(fd)
       }
+    }],
+    [6, 'read through an open descriptor', () => {
+      if (m.open.length === 0) return
+      const o = pick(m.open)
+      const pos = offset(o.node.data.length)
+      const len = length()
+      did(`read fd ${o.fd} (#${o.node.id}) at ${pos} +${len}`)
+      const got = readAll(o.fd, len, pos)
+      const want = o.node.data.subarray(Math.min(pos, o.node.data.length), Math.min(pos + len, o.node.data.length))
+      if (!got.equals(want)) fail(`read of fd ${o.fd} at ${pos} (+${len}): ${got.length} bytes that differ from the model's ${want.length}`)
+    }],
+    [2, 'chmod', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const name = pick(names)
+      const n = m.names.get(name)!
+      const mode = int(0o1000)
+      did(`chmod ${name} (#${n.id}) ${mode.toString(8)}`)
+      fs.chmodSync(path.join(dir, name), mode)
+      n.mode = mode
+    }],
+    [2, 'utimes', () => {
+      const names = [...m.names.keys()]
+      if (names.length === 0) return
+      const name = pick(names)
+      const n = m.names.get(name)!
+      // Whole seconds: a fraction would reach the kernel a few nanoseconds short of its millisecond.
+      const mtime = (1_500_000_000 + int(100_000_000)) * 1000
+      did(`utimes ${name} (#${n.id}) mtime ${mtime}`)
+      fs.utimesSync(path.join(dir, name), mtime / 1000, mtime / 1000)
+      n.mtime = mtime
     }],
     [8, 'truncate by name', () => {
       const names = [...m.names.keys()]
