@@ -1,8 +1,10 @@
 // Random operations on a handful of files through the mount, each checked against a model kept in memory:
 // writes at any offset (around the inline limit and chunk boundaries, past the end, through descriptors
-// kept open), appends, truncates, renames over other files, hard links, unlinks of open files, fsync, with
-// coopfs sync (which packs what waits), remounts and kill -9 of the daemon in between. Seeded: a failure
-// names its seed and step, and COOPFS_FSX_SEED=S COOPFS_FSX_OPS=N runs that sequence again.
+// kept open), appends, truncates, renames over other files, hard links, unlinks of open files, chmod,
+// utimes, in two directories, fsync, with coopfs sync (which packs what waits), remounts and kill -9 of the
+// daemon in between; and two processes writing disjoint parts of one file at once. Seeded: a failure
+// names its seed and step, and COOPFS_FSX_SEED=S COOPFS_FSX_OPS=N (with COOPFS_FSX_EAGER=1 for a sequence
+// that packs at once) runs that sequence again.
 // Run: node --import tsx test/fsx.test.ts
 import test from 'brittle'
 import fs from 'node:fs'
@@ -102,7 +104,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
   }
 
   const fail = (what: string): void => {
-    if (failure === null) failure = `seed ${seed}, step ${step}: ${what}\nsteps before it:\n${trail.join('\n')}`
+    if (failure === null) failure = `seed ${seed}${env ? ' (COOPFS_FSX_EAGER=1)' : ''}, step ${step}: ${what}\nsteps before it:\n${trail.join('\n')}`
   }
   const data = (len: number): Buffer => {
     const buf = Buffer.allocUnsafe(len)
