@@ -63,6 +63,22 @@ static int (*inner_rename) (const char *, const char *) = NULL;
 static int (*inner_link) (const char *, const char *) = NULL;
 // The request the thread is serving (its kernel opcode, 0 when not known), set by fuse_session_process_buf.
 static __thread uint32_t serving = 0;
+#define KERNEL_FUSE_GETATTR 3
+
+// libfuse 2 keeps an open file whose name was unlinked or renamed over under a hidden name of its own.
+#define HIDDEN_PREFIX "/.fuse_hidden"
+static int is_hidden_path (const char *path) {
+  const char *slash = path != NULL ? strrchr(path, '/') : NULL;
+  return slash != NULL && strncmp(slash, HIDDEN_PREFIX, strlen(HIDDEN_PREFIX)) == 0;
+}
+
+// The daemon counts one link more for a name libfuse hid, which libfuse's answer to FUSE_GETATTR takes
+// off again (it takes its hidden name for a directory entry; the daemon's count never includes it). The
+// other requests that answer with those attributes (SETATTR, LOOKUP) take nothing off, so it is taken off
+// here. fuse-native turns a count of 0 into 1, which this brings back to 0 as well.
+static void count_hidden_name (const char *path, struct stat *st) {
+  if (serving != KERNEL_FUSE_GETATTR && st->st_nlink > 0 && is_hidden_path(path)) st->st_nlink--;
+}
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
 // On the FUSE thread that serves the request they are known (fuse_get_context): when the caller is not the
@@ -157,7 +173,15 @@ static int fgetattr_quick (const char *path, struct stat *st, struct fuse_file_i
     __sync_fetch_and_add(&created_answered, 1);
     return 0;
   }
-  return inner_fgetattr(path, st, fi);
+  int r = inner_fgetattr(path, st, fi);
+  if (r == 0) count_hidden_name(path, st);
+  return r;
+}
+
+static int getattr_counted (const char *path, struct stat *st) {
+  int r = inner_getattr(path, st);
+  if (r == 0) count_hidden_name(path, st);
+  return r;
 }
 
 static int mkdir_owned (const char *path, mode_t mode) {
@@ -288,13 +312,13 @@ static int release_noted (const char *path, struct fuse_file_info *fi) {
 // A rename onto a name that is open: libfuse 2 first renames the target to a hidden name of its own
 // (.fuse_hidden...), which keeps the open descriptors working, and then renames the source onto the freed
 // name. When source and target are two names of one file, POSIX says the rename changes nothing; here
-// the source name would go and the target's name would become the hidden one, removed at the last
-// close, so the file would lose both names but one. rename_same_file notes the hidden name within the
+// the target's entry would go to the hidden name and the source's would take its place, so the file
+// would lose the source name. rename_same_file notes the hidden name within the
 // thread's FUSE_RENAME request, and when the source turns out to be the same file (same inode number)
-// the target gets its name back as a link instead, and the source name stays. The hidden name is a link
-// too, which libfuse removes when the last descriptor closes, as for any hidden file.
+// the target gets its name back as a link instead, and the source name stays. The hidden name itself is
+// the daemon's (not a directory entry, not counted in the link count), and goes at the last close as for
+// any hidden file.
 #define KERNEL_FUSE_RENAME 12
-#define HIDDEN_PREFIX "/.fuse_hidden"
 static __thread char *hid_from = NULL;
 static __thread char *hid_to = NULL;
 
@@ -302,11 +326,6 @@ static void forget_hidden (void) {
   free(hid_from);
   free(hid_to);
   hid_from = hid_to = NULL;
-}
-
-static int is_hidden_path (const char *path) {
-  const char *slash = strrchr(path, '/');
-  return slash != NULL && strncmp(slash, HIDDEN_PREFIX, strlen(HIDDEN_PREFIX)) == 0;
 }
 
 static int rename_same_file (const char *from, const char *to) {
@@ -369,6 +388,7 @@ struct fuse *fuse_new (struct fuse_chan *ch, struct fuse_args *args, const struc
   }
   inner_getattr = wrapped_ops.getattr;
   inner_chown = wrapped_ops.chown;
+  if (inner_getattr) wrapped_ops.getattr = getattr_counted;
   if (inner_getattr && wrapped_ops.rename && wrapped_ops.link) {
     inner_rename = wrapped_ops.rename;
     inner_link = wrapped_ops.link;
@@ -429,6 +449,8 @@ typedef void (*process_buf_fn) (struct fuse_session *, const struct fuse_buf *, 
 typedef int (*notify_inval_inode_fn) (struct fuse_chan *, fuse_ino_t, off_t, off_t);
 static process_buf_fn real_process_buf = NULL;
 static notify_inval_inode_fn notify_inval_inode = NULL;
+typedef int (*chan_fd_fn) (struct fuse_chan *);
+static chan_fd_fn chan_fd = NULL;
 static reply_attr_fn real_reply_attr = NULL;
 static reply_entry_fn real_reply_entry = NULL;
 static reply_create_fn real_reply_create = NULL;
@@ -441,10 +463,12 @@ static void resolve_replies (void) {
   if (!real_reply_write) real_reply_write = (reply_write_fn) libfuse_symbol("fuse_reply_write", "FUSE_2.4");
   if (!real_process_buf) real_process_buf = (process_buf_fn) libfuse_symbol("fuse_session_process_buf", "FUSE_2.9");
   if (!notify_inval_inode) notify_inval_inode = (notify_inval_inode_fn) libfuse_symbol("fuse_lowlevel_notify_inval_inode", "FUSE_2.8");
+  if (!chan_fd) chan_fd = (chan_fd_fn) libfuse_symbol("fuse_chan_fd", "FUSE_2.4");
 }
 
-// A request's header, from the kernel's FUSE ABI.
+// A request's header and a reply's, from the kernel's FUSE ABI.
 struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64_t nodeid; uint32_t uid; uint32_t gid; uint32_t pid; uint32_t padding; };
+struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
 
 // File data across the names of one file. Each name of a hard-linked file is a kernel inode of its own
 // (libfuse 2's path API), with a page cache of its own: data written through one name would leave the
@@ -466,7 +490,8 @@ struct kernel_in_header { uint32_t len; uint32_t opcode; uint64_t unique; uint64
 #define SIBLING_WAIT_MS 100
 struct kernel_batch_forget_in { uint32_t count; uint32_t dummy; };
 struct kernel_forget_one { uint64_t nodeid; uint64_t nlookup; };
-struct node_ino { uint64_t node; uint64_t ino; struct node_ino *next_by_node; struct node_ino *next_by_ino; };
+// lookups: the entry replies that named the node since it was noted, which the kernel's FORGET gives back.
+struct node_ino { uint64_t node; uint64_t ino; uint64_t lookups; struct node_ino *next_by_node; struct node_ino *next_by_ino; };
 static struct node_ino *by_node[NODE_BUCKETS];
 static struct node_ino *by_ino[NODE_BUCKETS];
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -494,7 +519,8 @@ static void unlink_by_ino (struct node_ino *e) {
   if (*p) *p = e->next_by_ino;
 }
 
-static void note_node (uint64_t node, uint64_t ino) {
+// entry: the note comes from an entry reply (a lookup the kernel will give back with FORGET).
+static void note_node (uint64_t node, uint64_t ino, int entry) {
   if (node == 0 || ino == 0) return;
   pthread_mutex_lock(&nodes_lock);
   struct node_ino *e = *find_by_node(node);
@@ -505,8 +531,10 @@ static void note_node (uint64_t node, uint64_t ino) {
       e->next_by_node = by_node[bucket_of(node)];
       by_node[bucket_of(node)] = e;
       e->ino = 0;
+      e->lookups = 0;
     }
   }
+  if (e != NULL && entry) e->lookups++;
   if (e != NULL && e->ino != ino) {
     if (e->ino != 0) unlink_by_ino(e);
     e->ino = ino;
@@ -516,11 +544,17 @@ static void note_node (uint64_t node, uint64_t ino) {
   pthread_mutex_unlock(&nodes_lock);
 }
 
-static void forget_node (uint64_t node) {
+// A FORGET the kernel sent before a later lookup named the node again (libfuse keeps the node then) takes
+// back fewer lookups than were counted, and the node stays. Lookups from before it was noted are not
+// counted, so such a FORGET may remove a node the kernel still has: its next reply notes it again.
+static void forget_node (uint64_t node, uint64_t nlookup) {
   pthread_mutex_lock(&nodes_lock);
   struct node_ino **p = find_by_node(node);
   struct node_ino *e = *p;
-  if (e != NULL) {
+  if (e != NULL && e->lookups > nlookup) {
+    e->lookups -= nlookup;
+    e = NULL;
+  } else if (e != NULL) {
     *p = e->next_by_node;
     unlink_by_ino(e);
   }
@@ -529,25 +563,39 @@ static void forget_node (uint64_t node) {
 }
 
 static void forget_nodes (const struct kernel_in_header *in, size_t size) {
-  if (in->opcode == KERNEL_FUSE_FORGET) {
-    forget_node(in->nodeid);
+  if (in->opcode == KERNEL_FUSE_FORGET && size >= sizeof(*in) + sizeof(uint64_t)) {
+    forget_node(in->nodeid, *(const uint64_t *) (in + 1));
   } else if (in->opcode == KERNEL_FUSE_BATCH_FORGET && size >= sizeof(*in) + sizeof(struct kernel_batch_forget_in)) {
     const struct kernel_batch_forget_in *arg = (const struct kernel_batch_forget_in *) (in + 1);
     const struct kernel_forget_one *one = (const struct kernel_forget_one *) (arg + 1);
     size_t room = (size - sizeof(*in) - sizeof(*arg)) / sizeof(*one);
-    for (size_t i = 0; i < arg->count && i < room; i++) forget_node(one[i].nodeid);
+    for (size_t i = 0; i < arg->count && i < room; i++) forget_node(one[i].nodeid, one[i].nlookup);
   }
 }
 
+// The job writes the kernel's notification itself, on a descriptor of its own (a dup of the channel's):
+// a job the kernel held up may end after the daemon unmounted and libfuse freed the channel, and its
+// writes then fail on the closed connection instead of reading freed memory.
+#define KERNEL_NOTIFY_INVAL_INODE 2
+struct kernel_notify_inval_inode_out { uint64_t ino; int64_t off; int64_t len; };
 struct sibling_job {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   int done;
   int refs;
-  struct fuse_chan *ch;
+  int fd;
   size_t count;
   uint64_t nodes[];
 };
+
+
+static void notify_dropped (int fd, uint64_t node) {
+  struct kernel_out_header head = { sizeof(head) + sizeof(struct kernel_notify_inval_inode_out), KERNEL_NOTIFY_INVAL_INODE, 0 };
+  struct kernel_notify_inval_inode_out arg = { node, 0, 0 };
+  struct iovec iov[2] = { { &head, sizeof(head) }, { &arg, sizeof(arg) } };
+  // A node the kernel has already forgotten answers ENOENT: nothing was cached.
+  (void) !writev(fd, iov, 2);
+}
 
 static void job_put (struct sibling_job *job) {
   pthread_mutex_lock(&job->lock);
@@ -556,12 +604,13 @@ static void job_put (struct sibling_job *job) {
   if (left > 0) return;
   pthread_cond_destroy(&job->cond);
   pthread_mutex_destroy(&job->lock);
+  if (job->fd >= 0) close(job->fd);
   free(job);
 }
 
 static void *drop_siblings_run (void *arg) {
   struct sibling_job *job = arg;
-  for (size_t i = 0; i < job->count; i++) notify_inval_inode(job->ch, job->nodes[i], 0, 0);
+  for (size_t i = 0; i < job->count; i++) notify_dropped(job->fd, job->nodes[i]);
   __sync_fetch_and_add(&siblings_dropped, job->count);
   pthread_mutex_lock(&job->lock);
   job->done = 1;
@@ -573,7 +622,7 @@ static void *drop_siblings_run (void *arg) {
 
 // Drops what the kernel caches for the other kernel inodes of the file the thread's request is about.
 static void drop_siblings (void) {
-  if (serving_node == 0 || serving_chan == NULL || notify_inval_inode == NULL) return;
+  if (serving_node == 0 || serving_chan == NULL || chan_fd == NULL) return;
   pthread_mutex_lock(&nodes_lock);
   struct node_ino *self = *find_by_node(serving_node);
   size_t count = 0;
@@ -592,11 +641,19 @@ static void drop_siblings (void) {
   }
   pthread_mutex_unlock(&nodes_lock);
   if (job == NULL) return;
+  job->fd = fcntl(chan_fd(serving_chan), F_DUPFD_CLOEXEC, 0);
+  if (job->fd < 0) {
+    free(job);
+    return;
+  }
+  pthread_condattr_t cattr;
+  pthread_condattr_init(&cattr);
+  pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
   pthread_mutex_init(&job->lock, NULL);
-  pthread_cond_init(&job->cond, NULL);
+  pthread_cond_init(&job->cond, &cattr);
+  pthread_condattr_destroy(&cattr);
   job->done = 0;
   job->refs = 2;
-  job->ch = serving_chan;
   pthread_attr_t attr;
   pthread_t thread;
   pthread_attr_init(&attr);
@@ -610,7 +667,7 @@ static void drop_siblings (void) {
     return;
   }
   struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
+  clock_gettime(CLOCK_MONOTONIC, &until);
   until.tv_nsec += (long) SIBLING_WAIT_MS * 1000000L;
   until.tv_sec += until.tv_nsec / 1000000000L;
   until.tv_nsec %= 1000000000L;
@@ -656,7 +713,6 @@ static __thread struct fuse_chan *link_chan = NULL;
 #define BIG_REQUEST_BYTES (1024 * 1024)
 #define KERNEL_FUSE_MAX_PAGES (1u << 22)
 struct kernel_init_in { uint32_t major; uint32_t minor; uint32_t max_readahead; uint32_t flags; };
-struct kernel_out_header { uint32_t len; int32_t error; uint64_t unique; };
 // The INIT reply as of 7.28; libfuse 2 sends the first 24 bytes (up to max_write).
 struct kernel_init_out {
   uint32_t major; uint32_t minor; uint32_t max_readahead; uint32_t flags;
@@ -771,7 +827,7 @@ __attribute__((visibility("default")))
 int fuse_reply_attr (fuse_req_t req, const struct stat *attr, double attr_timeout) {
   if (!real_reply_attr) resolve_replies();
   reply_attr_fn real = real_reply_attr;
-  if (attr != NULL && !cached_attrs(attr)) note_node(serving_node, attr->st_ino);
+  if (attr != NULL && !cached_attrs(attr)) note_node(serving_node, attr->st_ino, 0);
   if (serving == KERNEL_FUSE_SETATTR && serving_size_change) drop_siblings();
   return real(req, attr, attr != NULL && !cached_attrs(attr) ? 0 : attr_timeout);
 }
@@ -790,8 +846,8 @@ int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
   if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) {
-    note_node(e->ino, e->attr.st_ino);
-    if (link_source != 0) note_node(link_source, e->attr.st_ino);
+    note_node(e->ino, e->attr.st_ino, 1);
+    if (link_source != 0) note_node(link_source, e->attr.st_ino, 0);
   }
   drop_link_source();
   struct fuse_entry_param copy;
@@ -802,7 +858,7 @@ __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
   if (!real_reply_create) resolve_replies();
   reply_create_fn real = real_reply_create;
-  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) note_node(e->ino, e->attr.st_ino);
+  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) note_node(e->ino, e->attr.st_ino, 1);
   struct fuse_entry_param copy;
   return real(req, entry_to_send(e, &copy), fi);
 }
@@ -831,6 +887,7 @@ static napi_value in_force (napi_env env, napi_callback_info info) {
     dlsym(RTLD_DEFAULT, "fuse_reply_attr") == (void *) &fuse_reply_attr &&
     dlsym(RTLD_DEFAULT, "fuse_reply_entry") == (void *) &fuse_reply_entry &&
     dlsym(RTLD_DEFAULT, "fuse_reply_create") == (void *) &fuse_reply_create &&
+    dlsym(RTLD_DEFAULT, "fuse_reply_write") == (void *) &fuse_reply_write &&
     dlsym(RTLD_DEFAULT, "fuse_session_process_buf") == (void *) &fuse_session_process_buf;
   napi_value result;
   napi_get_boolean(env, ok, &result);

@@ -254,7 +254,12 @@ export class Filesystem {
   // ---- attributes ----
 
   getattr (path: string): Attr {
-    return this.attrOf(this.resolve(path))
+    const attr = this.attrOf(this.resolve(path))
+    // libfuse's answer to FUSE_GETATTR counts one link less for a name it hid (it takes its hidden name for
+    // a directory entry), which this filesystem's count never includes. The preload addon takes the link
+    // back off for the other requests that answer with these attributes (native/preload.c).
+    if (attr.nlink > 0 && this.hidden.size > 0 && this.hidden.has(path.slice(path.lastIndexOf('/') + 1))) attr.nlink++
+    return attr
   }
 
   attrOfHandle (fh: number): Attr {
