@@ -9,7 +9,7 @@
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, cli, run, unmount, sync, killDaemon, type Setup } from './helpers.js'
+import { init, mount as mountWith, run, unmount, sync, killDaemon, type Setup } from './helpers.js'
 
 const CHUNK = 128 * 1024
 const INLINE = 32 * 1024
@@ -81,10 +81,7 @@ const EAGER = {
 
 async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.ProcessEnv): Promise<void> {
   const s: Setup = await init(t, { slots: 512 })
-  const mount = async (): Promise<void> => {
-    const r = await cli(['mount', s.mnt, '--home', s.home], env)
-    if (r.code !== 0) throw new Error(`mount failed: ${r.stderr}`)
-  }
+  const mount = async (): Promise<void> => await mountWith(s, [], env)
   await mount()
   const dir = path.join(s.mnt, 'fsx')
   fs.mkdirSync(dir)
@@ -158,6 +155,13 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
     for (const o of m.open) fs.closeSync(o.fd)
     m.open = []
   }
+  // A name that exists, picked at random, and its file; null when there is none.
+  const existing = (): { name: string, n: Node } | null => {
+    const names = [...m.names.keys()]
+    if (names.length === 0) return null
+    const name = pick(names)
+    return { name, n: m.names.get(name)! }
+  }
   // Opens a name for writing, making the file (and its node) when it does not exist.
   const openName = (name: string, append: boolean): Open => {
     let n = m.names.get(name)
@@ -204,10 +208,9 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       Model.write(o.node, o.node.data.length, buf)
     }],
     [14, 'read a range', () => {
-      const names = [...m.names.keys()]
-      if (names.length === 0) return
-      const name = pick(names)
-      const n = m.names.get(name)!
+      const e = existing()
+      if (!e) return
+      const { name, n } = e
       const pos = offset(n.data.length)
       const len = length()
       did(`read ${name} (#${n.id}) at ${pos} +${len}`)
@@ -231,20 +234,18 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       if (!got.equals(want)) fail(`read of fd ${o.fd} at ${pos} (+${len}): ${got.length} bytes that differ from the model's ${want.length}`)
     }],
     [2, 'chmod', () => {
-      const names = [...m.names.keys()]
-      if (names.length === 0) return
-      const name = pick(names)
-      const n = m.names.get(name)!
+      const e = existing()
+      if (!e) return
+      const { name, n } = e
       const mode = int(0o1000)
       did(`chmod ${name} (#${n.id}) ${mode.toString(8)}`)
       fs.chmodSync(path.join(dir, name), mode)
       n.mode = mode
     }],
     [2, 'utimes', () => {
-      const names = [...m.names.keys()]
-      if (names.length === 0) return
-      const name = pick(names)
-      const n = m.names.get(name)!
+      const e = existing()
+      if (!e) return
+      const { name, n } = e
       // Whole seconds: a fraction would reach the kernel a few nanoseconds short of its millisecond.
       const mtime = (1_500_000_000 + int(100_000_000)) * 1000
       did(`utimes ${name} (#${n.id}) mtime ${mtime}`)
@@ -252,10 +253,9 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       n.mtime = mtime
     }],
     [8, 'truncate by name', () => {
-      const names = [...m.names.keys()]
-      if (names.length === 0) return
-      const name = pick(names)
-      const n = m.names.get(name)!
+      const e = existing()
+      if (!e) return
+      const { name, n } = e
       const r = rnd()
       const size = r < 0.25 ? 0 : r < 0.55 ? int(n.data.length + 1) : r < 0.8 ? Math.max(0, pick(BOUNDARIES) + int(601) - 300) : int(MAX_END)
       did(`truncate ${name} (#${n.id}, ${n.data.length} bytes) to ${size}`)
@@ -419,10 +419,7 @@ const PART_STEPS = Number(process.env.COOPFS_FSX_PART_STEPS || 400)
 
 test('two writers on disjoint parts of one file, at once, with packing at once, keep each other\'s bytes', { timeout: 240_000 }, async t => {
   const s: Setup = await init(t, { slots: 512 })
-  const mount = async (): Promise<void> => {
-    const r = await cli(['mount', s.mnt, '--home', s.home], EAGER)
-    if (r.code !== 0) throw new Error(`mount failed: ${r.stderr}`)
-  }
+  const mount = async (): Promise<void> => await mountWith(s, [], EAGER)
   await mount()
   const file = path.join(s.mnt, 'shared')
   // The parts meet inside the second chunk, so both writers change that chunk's bytes.

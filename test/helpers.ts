@@ -87,8 +87,8 @@ export async function init (t: Teardown, opts: { slots?: number, k?: number, m?:
   return { dir, home, mnt, recoveryKey: info.recoveryKey, publicKey: info.publicKey }
 }
 
-export async function mount (s: { home: string, mnt: string }, extra: string[] = []): Promise<void> {
-  const r = await cli(['mount', s.mnt, '--home', s.home, ...extra])
+export async function mount (s: { home: string, mnt: string }, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<void> {
+  const r = await cli(['mount', s.mnt, '--home', s.home, ...extra], env)
   if (r.code !== 0) throw new Error(`mount failed: ${r.stderr}`)
 }
 
