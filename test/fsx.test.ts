@@ -1,10 +1,10 @@
 // Random operations on a handful of files through the mount, each checked against a model kept in memory:
 // writes at any offset (around the inline limit and chunk boundaries, past the end, through descriptors
 // kept open), appends, truncates, renames over other files, hard links, unlinks of open files, chmod,
-// utimes, in two directories, fsync, with coopfs sync (which packs what waits), remounts and kill -9 of the
-// daemon in between; and two processes writing disjoint parts of one file at once. Seeded: a failure
-// names its seed and step, and COOPFS_FSX_SEED=S COOPFS_FSX_OPS=N (with COOPFS_FSX_EAGER=1 for a sequence
-// that packs at once) runs that sequence again.
+// utimes, in two directories (one renamed back and forth with files in it open), fsync, with coopfs sync
+// (which packs what waits), remounts and kill -9 of the daemon in between; and two processes writing
+// disjoint parts of one file at once. Seeded: a failure names its seed and step, and COOPFS_FSX_SEED=S
+// COOPFS_FSX_OPS=N (with COOPFS_FSX_EAGER=1 for a sequence that packs at once) runs that sequence again.
 // Run: node --import tsx test/fsx.test.ts
 import test from 'brittle'
 import fs from 'node:fs'
@@ -85,7 +85,10 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
   await mount()
   const dir = path.join(s.mnt, 'fsx')
   fs.mkdirSync(dir)
-  fs.mkdirSync(path.join(dir, 'sub'))
+  // The directory of the names in sub/ is renamed back and forth (sub, sub2) with files in it open.
+  let subName = 'sub'
+  fs.mkdirSync(path.join(dir, subName))
+  const at = (name: string): string => name.startsWith('sub/') ? path.join(dir, subName, name.slice(4)) : path.join(dir, name)
   const rnd = prng(seed)
   const int = (n: number): number => Math.floor(rnd() * n)
   const pick = <T>(xs: T[]): T => xs[int(xs.length)]
@@ -138,11 +141,11 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
     }
   }
   const checkAll = (where: string): void => {
-    const listed = [...fs.readdirSync(dir).filter(n => n !== 'sub'), ...fs.readdirSync(path.join(dir, 'sub')).map(n => `sub/${n}`)].sort()
+    const listed = [...fs.readdirSync(dir).filter(n => n !== subName), ...fs.readdirSync(path.join(dir, subName)).map(n => `sub/${n}`)].sort()
     const want = [...m.names.keys()].sort()
     if (listed.join() !== want.join()) return fail(`${where}: names [${listed.join()}], model [${want.join()}]`)
     for (const [name, n] of m.names) {
-      const fd = fs.openSync(path.join(dir, name), 'r')
+      const fd = fs.openSync(at(name), 'r')
       try {
         checkNode(n, fd, `${where}, ${name}`)
       } finally {
@@ -169,7 +172,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       n = m.node()
       m.names.set(name, n)
     }
-    return { fd: fs.openSync(path.join(dir, name), append ? 'a+' : fs.existsSync(path.join(dir, name)) ? 'r+' : 'w+'), node: n, append }
+    return { fd: fs.openSync(at(name), append ? 'a+' : fs.existsSync(at(name)) ? 'r+' : 'w+'), node: n, append }
   }
 
   const ops: Array<[number, string, () => Promise<void> | void]> = [
@@ -214,7 +217,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       const pos = offset(n.data.length)
       const len = length()
       did(`read ${name} (#${n.id}) at ${pos} +${len}`)
-      const fd = fs.openSync(path.join(dir, name), 'r')
+      const fd = fs.openSync(at(name), 'r')
       try {
         const got = readAll(fd, len, pos)
         const want = n.data.subarray(Math.min(pos, n.data.length), Math.min(pos + len, n.data.length))
@@ -239,7 +242,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       const { name, n } = e
       const mode = int(0o1000)
       did(`chmod ${name} (#${n.id}) ${mode.toString(8)}`)
-      fs.chmodSync(path.join(dir, name), mode)
+      fs.chmodSync(at(name), mode)
       n.mode = mode
     }],
     [2, 'utimes', () => {
@@ -249,7 +252,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       // Whole seconds: a fraction would reach the kernel a few nanoseconds short of its millisecond.
       const mtime = (1_500_000_000 + int(100_000_000)) * 1000
       did(`utimes ${name} (#${n.id}) mtime ${mtime}`)
-      fs.utimesSync(path.join(dir, name), mtime / 1000, mtime / 1000)
+      fs.utimesSync(at(name), mtime / 1000, mtime / 1000)
       n.mtime = mtime
     }],
     [8, 'truncate by name', () => {
@@ -259,7 +262,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       const r = rnd()
       const size = r < 0.25 ? 0 : r < 0.55 ? int(n.data.length + 1) : r < 0.8 ? Math.max(0, pick(BOUNDARIES) + int(601) - 300) : int(MAX_END)
       did(`truncate ${name} (#${n.id}, ${n.data.length} bytes) to ${size}`)
-      fs.truncateSync(path.join(dir, name), size)
+      fs.truncateSync(at(name), size)
       Model.truncate(n, size)
     }],
     [6, 'ftruncate', () => {
@@ -297,7 +300,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       const from = pick(names)
       const to = pick(NAMES)
       did(`rename ${from} (#${m.names.get(from)!.id}) to ${to}${m.names.has(to) ? ` (#${m.names.get(to)!.id})` : ''}`)
-      fs.renameSync(path.join(dir, from), path.join(dir, to))
+      fs.renameSync(at(from), at(to))
       const n = m.names.get(from)!
       // Renaming a name onto another name of the same file changes nothing (POSIX).
       if (from !== to && m.names.get(to) !== n) {
@@ -312,7 +315,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       const from = pick(names)
       const to = pick(free)
       did(`link ${from} (#${m.names.get(from)!.id}) as ${to}`)
-      fs.linkSync(path.join(dir, from), path.join(dir, to))
+      fs.linkSync(at(from), at(to))
       m.names.set(to, m.names.get(from)!)
     }],
     [3, 'unlink', () => {
@@ -320,8 +323,14 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       if (names.length === 0) return
       const name = pick(names)
       did(`unlink ${name} (#${m.names.get(name)!.id})`)
-      fs.unlinkSync(path.join(dir, name))
+      fs.unlinkSync(at(name))
       m.names.delete(name)
+    }],
+    [2, 'rename the directory', () => {
+      const next = subName === 'sub' ? 'sub2' : 'sub'
+      did(`rename directory ${subName} to ${next}`)
+      fs.renameSync(path.join(dir, subName), path.join(dir, next))
+      subName = next
     }],
     [3, 'check every file', () => {
       did('check every file')
