@@ -73,11 +73,15 @@ static int is_hidden_path (const char *path) {
 }
 
 // The daemon counts one link more for a name libfuse hid, which libfuse's answer to FUSE_GETATTR takes
-// off again (it takes its hidden name for a directory entry; the daemon's count never includes it). The
-// other requests that answer with those attributes (SETATTR, LOOKUP) take nothing off, so it is taken off
-// here. fuse-native turns a count of 0 into 1, which this brings back to 0 as well.
+// off again (it takes its hidden name for a directory entry; the daemon's count never includes it), and
+// marks such attributes (HIDDEN_COUNTED_DEV, as src/fs/filesystem.ts). The other requests that answer with
+// them (SETATTR, LOOKUP) take nothing off, so it is taken off here. fuse-native turns a count of 0 into 1,
+// which this brings back to 0 as well.
+#define HIDDEN_COUNTED_DEV 2
 static void count_hidden_name (const char *path, struct stat *st) {
-  if (serving != KERNEL_FUSE_GETATTR && st->st_nlink > 0 && is_hidden_path(path)) st->st_nlink--;
+  if (!(st->st_dev & HIDDEN_COUNTED_DEV)) return;
+  st->st_dev &= ~(dev_t) HIDDEN_COUNTED_DEV;
+  if (serving != KERNEL_FUSE_GETATTR && st->st_nlink > 0) st->st_nlink--;
 }
 
 // fuse-native does not pass the caller's uid and gid to JavaScript, so the daemon makes new files its own.
@@ -544,6 +548,14 @@ static void note_node (uint64_t node, uint64_t ino, int entry) {
   pthread_mutex_unlock(&nodes_lock);
 }
 
+// A reply that did not reach the kernel (the request was interrupted) gave it no lookup to forget.
+static void unnote_lookup (uint64_t node) {
+  pthread_mutex_lock(&nodes_lock);
+  struct node_ino *e = *find_by_node(node);
+  if (e != NULL && e->lookups > 0) e->lookups--;
+  pthread_mutex_unlock(&nodes_lock);
+}
+
 // A FORGET the kernel sent before a later lookup named the node again (libfuse keeps the node then) takes
 // back fewer lookups than were counted, and the node stays. Lookups from before it was noted are not
 // counted, so such a FORGET may remove a node the kernel still has: its next reply notes it again.
@@ -820,7 +832,7 @@ static void drop_link_source (void) {
 #define SHARED_NODES_DEV 1
 
 static int cached_attrs (const struct stat *st) {
-  return !interposed || S_ISDIR(st->st_mode) || (st->st_nlink <= 1 && st->st_dev != SHARED_NODES_DEV);
+  return !interposed || S_ISDIR(st->st_mode) || (st->st_nlink <= 1 && !(st->st_dev & SHARED_NODES_DEV));
 }
 
 __attribute__((visibility("default")))
@@ -845,22 +857,28 @@ __attribute__((visibility("default")))
 int fuse_reply_entry (fuse_req_t req, const struct fuse_entry_param *e) {
   if (!real_reply_entry) resolve_replies();
   reply_entry_fn real = real_reply_entry;
-  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) {
+  int noted = e != NULL && e->ino != 0 && !cached_attrs(&e->attr);
+  if (noted) {
     note_node(e->ino, e->attr.st_ino, 1);
     if (link_source != 0) note_node(link_source, e->attr.st_ino, 0);
   }
   drop_link_source();
   struct fuse_entry_param copy;
-  return real(req, entry_to_send(e, &copy));
+  int r = real(req, entry_to_send(e, &copy));
+  if (noted && r != 0) unnote_lookup(e->ino);
+  return r;
 }
 
 __attribute__((visibility("default")))
 int fuse_reply_create (fuse_req_t req, const struct fuse_entry_param *e, const struct fuse_file_info *fi) {
   if (!real_reply_create) resolve_replies();
   reply_create_fn real = real_reply_create;
-  if (e != NULL && e->ino != 0 && !cached_attrs(&e->attr)) note_node(e->ino, e->attr.st_ino, 1);
+  int noted = e != NULL && e->ino != 0 && !cached_attrs(&e->attr);
+  if (noted) note_node(e->ino, e->attr.st_ino, 1);
   struct fuse_entry_param copy;
-  return real(req, entry_to_send(e, &copy), fi);
+  int r = real(req, entry_to_send(e, &copy), fi);
+  if (noted && r != 0) unnote_lookup(e->ino);
+  return r;
 }
 
 // Puts this addon in the global symbol scope, ahead of any libfuse loaded after it, so that fuse-native's

@@ -32,13 +32,16 @@ const XATTR_NAMESPACES = ['user.', 'trusted.', 'security.']
 export interface Attr extends Inode {
   blocks: number
   blksize: number
-  // Set to SHARED_NODES_DEV for a file that has a hidden name besides its visible ones (see attrOf).
+  // Marks for the preload addon, which libfuse does not pass on to the kernel: SHARED_NODES_DEV and
+  // HIDDEN_COUNTED_DEV, bits that may be set together.
   dev?: number
 }
 
 // libfuse does not pass st_dev on to the kernel; the preload addon reads this value there as "this file has
 // more kernel inodes than its link count says: do not let the kernel cache its attributes".
 export const SHARED_NODES_DEV = 1
+// "The link count includes the hidden name this was asked by" (see getattr).
+export const HIDDEN_COUNTED_DEV = 2
 
 export interface StatFs {
   bsize: number
@@ -256,9 +259,13 @@ export class Filesystem {
   getattr (path: string): Attr {
     const attr = this.attrOf(this.resolve(path))
     // libfuse's answer to FUSE_GETATTR counts one link less for a name it hid (it takes its hidden name for
-    // a directory entry), which this filesystem's count never includes. The preload addon takes the link
-    // back off for the other requests that answer with these attributes (native/preload.c).
-    if (attr.nlink > 0 && this.hidden.size > 0 && this.hidden.has(path.slice(path.lastIndexOf('/') + 1))) attr.nlink++
+    // a directory entry), which this filesystem's count never includes, so it is counted here; the mark
+    // tells the preload addon to take it off again for the other requests that answer with these
+    // attributes (native/preload.c). A count of 0 stays (fuse-native makes it 1, which libfuse takes off).
+    if (this.hidden.size > 0 && this.hidden.has(path.slice(path.lastIndexOf('/') + 1))) {
+      if (attr.nlink > 0) attr.nlink++
+      attr.dev = (attr.dev ?? 0) | HIDDEN_COUNTED_DEV
+    }
     return attr
   }
 
