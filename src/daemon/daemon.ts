@@ -98,9 +98,11 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
         const t0 = Date.now()
         if (trimTimer) clearInterval(trimTimer)
         if (mountpoint) {
+          log(`unmounting ${mountpoint}`)
           await kernelUnmount(mountpoint)
+          log(`unmounted ${mountpoint}; taking the last releases`)
           await active?.finish()
-          log(`unmounted ${mountpoint}; storing what waits and closing`)
+          log('storing what waits and closing')
         }
         await eng?.close(true)
         if (svc) {
