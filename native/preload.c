@@ -78,7 +78,7 @@ static int is_hidden_path (const char *path) {
 // them (SETATTR, LOOKUP) take nothing off, so it is taken off here. fuse-native turns a count of 0 into 1,
 // which this brings back to 0 as well.
 #define HIDDEN_COUNTED_DEV 2
-static void count_hidden_name (const char *path, struct stat *st) {
+static void count_hidden_name (struct stat *st) {
   if (!(st->st_dev & HIDDEN_COUNTED_DEV)) return;
   st->st_dev &= ~(dev_t) HIDDEN_COUNTED_DEV;
   if (serving != KERNEL_FUSE_GETATTR && st->st_nlink > 0) st->st_nlink--;
@@ -178,13 +178,13 @@ static int fgetattr_quick (const char *path, struct stat *st, struct fuse_file_i
     return 0;
   }
   int r = inner_fgetattr(path, st, fi);
-  if (r == 0) count_hidden_name(path, st);
+  if (r == 0) count_hidden_name(st);
   return r;
 }
 
 static int getattr_counted (const char *path, struct stat *st) {
   int r = inner_getattr(path, st);
-  if (r == 0) count_hidden_name(path, st);
+  if (r == 0) count_hidden_name(st);
   return r;
 }
 
@@ -240,8 +240,16 @@ static struct read_only_fh **read_only_slot (uint64_t fh) {
   return p;
 }
 
+static int serving_node_shared (void);
+
 static int open_noted (const char *path, struct fuse_file_info *fi) {
   int r = inner_open(path, fi);
+  // An append goes where the kernel's size of this name's inode says, and the kernel copies the bytes into
+  // that inode's page cache there; the daemon appends at the file's real end. When the file changed size
+  // through another of its names, the two differ and the cache would hold the bytes at the wrong place
+  // (random operations found it). Appending descriptors of files with more than one kernel inode
+  // (drop_siblings) therefore bypass the page cache: they read and write through the daemon.
+  if (r == 0 && (fi->flags & O_APPEND) && serving_node_shared()) fi->direct_io = 1;
   if (r != 0 || (fi->flags & O_ACCMODE) != O_RDONLY) return r;
   struct read_only_fh *e = malloc(sizeof(*e));
   if (!e) return r;
@@ -632,6 +640,14 @@ static void *drop_siblings_run (void *arg) {
   return NULL;
 }
 
+// Whether the kernel inode the thread's request is about is one of a file that has more than one.
+static int serving_node_shared (void) {
+  pthread_mutex_lock(&nodes_lock);
+  int shared = serving_node != 0 && *find_by_node(serving_node) != NULL;
+  pthread_mutex_unlock(&nodes_lock);
+  return shared;
+}
+
 // Drops what the kernel caches for the other kernel inodes of the file the thread's request is about.
 static void drop_siblings (void) {
   if (serving_node == 0 || serving_chan == NULL || chan_fd == NULL) return;
@@ -709,7 +725,6 @@ int fuse_reply_write (fuse_req_t req, size_t count) {
 #define KERNEL_FUSE_INIT 26
 struct kernel_link_in { uint64_t oldnodeid; };
 static __thread uint64_t link_source = 0;
-static __thread struct fuse_chan *link_chan = NULL;
 
 // Large writes. libfuse 2 speaks FUSE protocol 7.19, from before the kernel could take requests of more
 // than 32 pages, so a sequential write reaches the filesystem 128 KiB at a time: one trip through the FUSE
@@ -801,7 +816,6 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
       buf->size >= sizeof(*in) + sizeof(struct kernel_link_in)) {
     const struct kernel_link_in *arg = (const struct kernel_link_in *) (in + 1);
     link_source = arg->oldnodeid;
-    link_chan = ch;
   } else if (in != NULL && in->opcode == KERNEL_FUSE_INIT) {
     note_init(in, buf->size);
   }
@@ -817,14 +831,12 @@ void fuse_session_process_buf (struct fuse_session *se, const struct fuse_buf *b
   serving_chan = NULL;
   forget_hidden();
   link_source = 0;
-  link_chan = NULL;
   created_here.used = 0;
 }
 
 static void drop_link_source (void) {
-  if (link_source != 0 && link_chan != NULL && notify_inval_inode != NULL) notify_inval_inode(link_chan, link_source, -1, 0);
+  if (link_source != 0 && serving_chan != NULL && notify_inval_inode != NULL) notify_inval_inode(serving_chan, link_source, -1, 0);
   link_source = 0;
-  link_chan = NULL;
 }
 
 // The filesystem's mark (SHARED_NODES_DEV in src/fs/filesystem.ts) on a file with a hidden name beside its

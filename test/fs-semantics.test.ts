@@ -455,6 +455,21 @@ test('data written through one name of a hard-linked file reads back through a d
   t.is(head.toString(), 'through b', 'the descriptor of the unlinked name sees the write')
   fs.closeSync(viaA)
   fs.closeSync(viaB)
+  // An appending descriptor on one name after the file grew through the other: the bytes go to the file's
+  // real end, and the descriptor reads them there (the kernel's size of the appending name is the old one).
+  fs.writeFileSync(m('c'), Buffer.alloc(10_000, 'c'))
+  fs.linkSync(m('c'), m('d'))
+  const appender = fs.openSync(m('c'), 'a+')
+  t.is(fs.fstatSync(appender).size, 10_000)
+  pwrite(m('d'), Buffer.alloc(5000, 'd'), 50_000)
+  fs.writeSync(appender, Buffer.alloc(3 * 4096, 'A'))
+  const want = Buffer.concat([Buffer.alloc(10_000, 'c'), Buffer.alloc(40_000), Buffer.alloc(5000, 'd'), Buffer.alloc(3 * 4096, 'A')])
+  t.ok(fs.readFileSync(m('d')).equals(want), 'the append lands at the end the other name made')
+  // Read below where the kernel would have put the bytes (10,000 + 12,288), so that its size asks for nothing.
+  const viaAppender = Buffer.alloc(20_000)
+  const n = fs.readSync(appender, viaAppender, 0, viaAppender.length, 0)
+  t.ok(viaAppender.subarray(0, n).equals(want.subarray(0, 20_000)), `and the descriptor reads zeros where the file has them (${n} bytes)`)
+  fs.closeSync(appender)
   const st = await status(s.home)
   if (st.fuse.addon) t.ok(st.fuse.siblingCachesDropped > 0, `status counts the dropped caches (${st.fuse.siblingCachesDropped})`)
   else t.comment('the preload addon is not in use: no kernel caching to drop')

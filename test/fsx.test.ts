@@ -18,6 +18,8 @@ const MAX_END = 3 * CHUNK + 9000
 const NAMES = ['a', 'b', 'c', 'sub/d', 'sub/e']
 const MAX_OPEN = 3
 // Each sequence stops at its step count or after this long, whichever comes first.
+// Steps named before a failure.
+const TRAIL = Number(process.env.COOPFS_FSX_TRAIL || 40)
 const BUDGET_MS = Number(process.env.COOPFS_FSX_BUDGET_MS || 75_000)
 
 // mulberry32: small, fast, and the same sequence for the same seed everywhere.
@@ -56,6 +58,17 @@ class Model {
     else n.data = Buffer.concat([n.data, Buffer.alloc(size - n.data.length)])
     n.mtime = null
   }
+}
+
+// How got differs from want: lengths, the first and last differing byte, and whether got is zeros there.
+function differs (got: Buffer, want: Buffer): string {
+  const n = Math.min(got.length, want.length)
+  let first = 0
+  while (first < n && got[first] === want[first]) first++
+  let last = n - 1
+  while (last > first && got[last] === want[last]) last--
+  const zeros = first < n && got.subarray(first, last + 1).every(b => b === 0)
+  return `${got.length} bytes read, model ${want.length}; bytes ${first}-${last} of the range differ${zeros ? ' (read as zeros)' : ''}`
 }
 
 function readAll (fd: number, len: number, pos: number): Buffer {
@@ -100,7 +113,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
   const trail: string[] = []
   const did = (what: string): void => {
     trail.push(`${step} ${what}`)
-    if (trail.length > 40) trail.shift()
+    if (trail.length > TRAIL) trail.shift()
   }
 
   const fail = (what: string): void => {
@@ -134,11 +147,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
     if ((st.mode & 0o7777) !== n.mode) return fail(`${where}: mode ${(st.mode & 0o7777).toString(8)}, model ${n.mode.toString(8)}`)
     if (n.mtime !== null && st.mtimeMs !== n.mtime) return fail(`${where}: mtime ${st.mtimeMs}, model ${n.mtime}`)
     const got = readAll(fd, n.data.length + 1, 0)
-    if (!got.equals(n.data)) {
-      let i = 0
-      while (i < Math.min(got.length, n.data.length) && got[i] === n.data[i]) i++
-      fail(`${where}: ${got.length} bytes read, model ${n.data.length}; first difference at byte ${i}`)
-    }
+    if (!got.equals(n.data)) fail(`${where}: ${differs(got, n.data)}`)
   }
   const checkAll = (where: string): void => {
     const listed = [...fs.readdirSync(dir).filter(n => n !== subName), ...fs.readdirSync(path.join(dir, subName)).map(n => `sub/${n}`)].sort()
@@ -221,7 +230,7 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       try {
         const got = readAll(fd, len, pos)
         const want = n.data.subarray(Math.min(pos, n.data.length), Math.min(pos + len, n.data.length))
-        if (!got.equals(want)) fail(`read of ${name} at ${pos} (+${len}): ${got.length} bytes that differ from the model's ${want.length}`)
+        if (!got.equals(want)) fail(`read of ${name} at ${pos} (+${len}): ${differs(got, want)}`)
       } finally {
         fs.closeSync(fd)
       }
@@ -234,7 +243,18 @@ async function runSequence (t: any, seed: number, steps: number, env?: NodeJS.Pr
       did(`read fd ${o.fd} (#${o.node.id}) at ${pos} +${len}`)
       const got = readAll(o.fd, len, pos)
       const want = o.node.data.subarray(Math.min(pos, o.node.data.length), Math.min(pos + len, o.node.data.length))
-      if (!got.equals(want)) fail(`read of fd ${o.fd} at ${pos} (+${len}): ${got.length} bytes that differ from the model's ${want.length}`)
+      if (!got.equals(want)) {
+        // Whether the daemon or the kernel's cache of this descriptor's name is wrong: read it afresh.
+        const other = [...m.names].find(([, n]) => n === o.node)?.[0]
+        let fresh = 'no name left to read it through'
+        if (other !== undefined) {
+          const fd = fs.openSync(at(other), 'r')
+          fresh = readAll(fd, len, pos).equals(want) ? `read through ${other} afresh it is right` : `read through ${other} afresh it is wrong too`
+          fs.closeSync(fd)
+        }
+        const again = readAll(o.fd, len, pos).equals(want) ? 'right' : 'wrong'
+        fail(`read of fd ${o.fd} at ${pos} (+${len}): ${differs(got, want)}; ${fresh}; through the descriptor again ${again}`)
+      }
     }],
     [2, 'chmod', () => {
       const e = existing()
