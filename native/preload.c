@@ -249,7 +249,7 @@ static int open_noted (const char *path, struct fuse_file_info *fi) {
   // through another of its names, the two differ and the cache would hold the bytes at the wrong place
   // (random operations found it). Appending descriptors of files with more than one kernel inode
   // (drop_siblings) therefore bypass the page cache: they read and write through the daemon.
-  if (r == 0 && (fi->flags & O_APPEND) && serving_node_shared()) fi->direct_io = 1;
+  if (r == 0 && (fi->flags & O_APPEND) && (fi->flags & O_ACCMODE) != O_RDONLY && serving_node_shared()) fi->direct_io = 1;
   if (r != 0 || (fi->flags & O_ACCMODE) != O_RDONLY) return r;
   struct read_only_fh *e = malloc(sizeof(*e));
   if (!e) return r;
