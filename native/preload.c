@@ -608,7 +608,6 @@ struct sibling_job {
   uint64_t nodes[];
 };
 
-
 static void notify_dropped (int fd, uint64_t node) {
   struct kernel_out_header head = { sizeof(head) + sizeof(struct kernel_notify_inval_inode_out), KERNEL_NOTIFY_INVAL_INODE, 0 };
   struct kernel_notify_inval_inode_out arg = { node, 0, 0 };
