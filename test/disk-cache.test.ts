@@ -1,33 +1,119 @@
 // The on-disk block cache: blocks come back as written, the least recently used go first beyond the bound,
-// the cache survives a restart, and a write it cannot make (too many queued, a broken folder) only costs the
-// entry.
+// the cache survives a restart, a slot that holds anything but the block asked for is a miss, and a write
+// it cannot make (too many queued, a broken file) only costs the entry.
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
-import { DiskCache } from '../src/log/disk-cache.js'
+import { DiskCache, CACHE_FILE } from '../src/log/disk-cache.js'
 import { tmpdir } from './helpers.js'
 
-const block = (n: number, size = 4096): Buffer => Buffer.alloc(size, n)
+const SLOT = 4096
+const block = (n: number, size = SLOT): Buffer => Buffer.alloc(size, n)
 
-test('blocks read back, the least recently used leave first, and a restart keeps the rest', async t => {
+function cacheDir (t: { teardown: (fn: () => void) => void }): string {
   const dir = path.join(tmpdir(), 'cache')
   t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
-  const dc = new DiskCache(dir, 3 * 4096)
+  return dir
+}
+
+test('blocks read back, the least recently used leave first, and a restart keeps the rest', async t => {
+  const dir = cacheDir(t)
+  const dc = new DiskCache(dir, 3 * SLOT, SLOT)
   for (let i = 0; i < 3; i++) await dc.put(`k${i}`, block(i))
   t.alike(await dc.get('k0'), block(0), 'a block reads back as written')
   await dc.put('k3', block(3))
-  t.is(dc.size, 3 * 4096, 'the bound holds')
+  t.is(dc.size, 3 * SLOT, 'the bound holds')
   t.absent(dc.has('k1'), 'the least recently used block left (k0 was just read)')
   t.ok(dc.has('k0') && dc.has('k2') && dc.has('k3'))
-  const again = new DiskCache(dir, 3 * 4096)
-  t.is(again.size, 3 * 4096, 'a restart finds what was cached')
-  t.alike(await again.get('k3'), block(3))
+  t.alike(await dc.get('k3'), block(3), 'the block written into the freed slot reads back')
+  t.is(fs.statSync(path.join(dir, CACHE_FILE)).size, 3 * (64 + SLOT), 'one file of three slots')
+  await dc.close()
+
+  const again = new DiskCache(dir, 3 * SLOT, SLOT)
+  t.is(again.size, 3 * SLOT, 'a restart finds what was cached')
+  for (const k of ['k0', 'k2', 'k3']) t.alike(await again.get(k), block(Number(k.slice(1))), `${k} after the restart`)
+  // Recency is rebuilt from the order of writing: k0 was written first, so it leaves first.
+  await again.put('k4', block(4))
+  t.absent(again.has('k0'), 'after a restart the block written longest ago leaves first')
+  await again.close()
+
+  // A lower bound at the next start cuts the file down to it.
+  const smaller = new DiskCache(dir, 2 * SLOT, SLOT)
+  t.is(smaller.size, 2 * SLOT)
+  t.is(fs.statSync(path.join(dir, CACHE_FILE)).size, 2 * (64 + SLOT), 'the file is cut to the lower bound')
+  let found = 0
+  for (const k of ['k2', 'k3', 'k4']) {
+    const b = await smaller.get(k)
+    if (b) {
+      t.alike(b, block(Number(k.slice(1))), `${k} is intact`)
+      found++
+    }
+  }
+  t.is(found, 2, 'the blocks in the slots kept are still there')
+  await smaller.close()
+})
+
+test('a slot that does not hold the block asked for is a miss; a dropped block stays gone after a restart', async t => {
+  const dir = cacheDir(t)
+  const dc = new DiskCache(dir, 4 * SLOT, SLOT)
+  await dc.put('a', block(1))
+  await dc.put('b', block(2))
+  await dc.put('short', block(3, 100))
+  t.alike(await dc.get('short'), block(3, 100), 'a block shorter than a slot reads back at its length')
+  await dc.close()
+
+  // Another program wrote over b's header: a miss, and b leaves the index.
+  const file = path.join(dir, CACHE_FILE)
+  const fd = fs.openSync(file, 'r+')
+  fs.writeSync(fd, Buffer.from('not a header'), 0, 12, 64 + SLOT)
+  fs.closeSync(fd)
+  const dc2 = new DiskCache(dir, 4 * SLOT, SLOT)
+  t.absent(dc2.has('b'), 'a slot with a broken header is not loaded')
+  t.ok(dc2.has('a'))
+  // The same, while running: a's header changed behind the cache's back.
+  const fd2 = fs.openSync(file, 'r+')
+  fs.writeSync(fd2, Buffer.alloc(64), 0, 64, 0)
+  fs.closeSync(fd2)
+  t.is(await dc2.get('a'), null, 'a slot whose header no longer names the block is a miss')
+  t.absent(dc2.has('a'), 'and the entry goes')
+  // Dropped on purpose (a chunk in it failed to open): gone now and after a restart.
+  t.ok(dc2.has('short'))
+  dc2.drop('short')
+  t.absent(dc2.has('short'))
+  await dc2.close()
+  const dc3 = new DiskCache(dir, 4 * SLOT, SLOT)
+  t.absent(dc3.has('short'), 'a dropped block does not come back at the next start')
+  t.is(dc3.size, 0)
+  // Its freed slots are used again before the file grows.
+  await dc3.put('c', block(4))
+  t.alike(await dc3.get('c'), block(4))
+  t.is(fs.statSync(file).size, 2 * (64 + SLOT) + 64 + 100, 'a freed slot was reused: the file did not grow')
+  await dc3.close()
+})
+
+test('a write cut short at the end of the file is not loaded, and files of the old layout are removed', async t => {
+  const dir = cacheDir(t)
+  const dc = new DiskCache(dir, 4 * SLOT, SLOT)
+  await dc.put('whole', block(1))
+  await dc.put('cut', block(2))
+  await dc.close()
+  const file = path.join(dir, CACHE_FILE)
+  fs.truncateSync(file, 64 + SLOT + 64 + SLOT / 2)
+  fs.writeFileSync(path.join(dir, '17-1000042-3'), block(9))
+  fs.writeFileSync(path.join(dir, '17-1000042-2.tmp'), block(9))
+  const again = new DiskCache(dir, 4 * SLOT, SLOT)
+  t.ok(again.has('whole'))
+  t.absent(again.has('cut'), 'a block whose bytes do not all lie in the file is not loaded')
+  t.alike(fs.readdirSync(dir), [CACHE_FILE], 'a file per block (the old layout) is removed')
+  await again.put('next', block(3))
+  t.alike(await again.get('next'), block(3))
+  t.alike(await again.get('whole'), block(1))
+  await again.close()
 })
 
 test('puts that are not awaited: one write per key, a bounded queue, never a rejection', async t => {
-  const dir = path.join(tmpdir(), 'cache')
-  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
-  const dc = new DiskCache(dir, 1 << 30)
+  const dir = cacheDir(t)
+  const dc = new DiskCache(dir, 1 << 30, SLOT)
   // The same key twice at once: one write, the bytes of the first.
   await Promise.all([dc.put('same', block(1)), dc.put('same', block(2))])
   t.alike(await dc.get('same'), block(1), 'the second put of a key being written is dropped')
@@ -38,9 +124,35 @@ test('puts that are not awaited: one write per key, a bounded queue, never a rej
   for (let i = 0; i < 64; i++) if (dc.has(`m${i}`)) cached++
   t.ok(cached >= 16 && cached < 64, `a queue of 16 writes: ${cached} of 64 cached`)
   for (let i = 0; i < 64; i++) if (dc.has(`m${i}`)) t.alike(await dc.get(`m${i}`), block(i), `m${i} reads back`)
-  t.absent(fs.readdirSync(dir).some(n => n.endsWith('.tmp')), 'no temporary file is left behind')
-  // A folder that went away: the put resolves, nothing is recorded.
-  fs.rmSync(dir, { recursive: true, force: true })
-  await dc.put('gone', block(9))
-  t.absent(dc.has('gone'), 'a write that failed is not recorded')
+  // Too big for a slot, or a key too long for the header: not cached, no error.
+  await dc.put('big', block(5, SLOT + 1))
+  await dc.put('k'.repeat(41), block(5))
+  t.absent(dc.has('big') || dc.has('k'.repeat(41)), 'a block larger than a slot, or a key over 40 bytes, is not cached')
+  // Reads and writes under way while the cache closes: close waits for them, nothing throws.
+  const late = [dc.put('late', block(6)), dc.get('same')]
+  await dc.close()
+  await Promise.all(late)
+  t.is(await dc.get('same'), null, 'a closed cache answers every read with a miss')
+  await dc.put('after', block(7))
+  t.absent(dc.has('after'), 'and caches nothing more')
+})
+
+test('a slot being read is not given to another block', async t => {
+  const dir = cacheDir(t)
+  const dc = new DiskCache(dir, 2 * SLOT, SLOT)
+  await dc.put('x', block(1))
+  await dc.put('y', block(2))
+  // Both slots are being read when the next block needs one.
+  const readY = dc.get('y')
+  const readX = dc.get('x')
+  await dc.put('z', block(3))
+  t.absent(dc.has('z'), 'with every slot being read, the new block is not cached')
+  t.alike(await readY, block(2), 'each read gets its block whole')
+  t.alike(await readX, block(1))
+  await dc.put('z', block(3))
+  t.ok(dc.has('z'), 'once the reads are done, it is')
+  t.absent(dc.has('y'), 'in the slot of the least recently used block')
+  t.alike(await dc.get('z'), block(3))
+  t.alike(await dc.get('x'), block(1))
+  await dc.close()
 })

@@ -74,6 +74,7 @@ export class Engine {
   readonly meta: MetaStore
   readonly partners: PartnerSet
   readonly disk: LogicalDisk
+  private readonly diskCache: DiskCache | null
   readonly wb: WriteBack
   readonly fs: Filesystem
   readonly packer: Packer
@@ -119,6 +120,7 @@ export class Engine {
     })
     this.meta = new MetaStore(home.metaFile)
     this.meta.checkpointInBackground()
+    this.diskCache = this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES, this.cfg.blockSize) : null
     this.disk = new LogicalDisk({
       meta: this.meta,
       partners: this.partners,
@@ -127,7 +129,7 @@ export class Engine {
       slots: this.cfg.slots,
       cacheBytes: opts.cacheBytes ?? CACHE_LIMIT_BYTES,
       // Blocks fetched over the network are kept on local disk too; local partners need no second copy.
-      diskCache: this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES) : undefined
+      diskCache: this.diskCache ?? undefined
     })
     this.wb = new WriteBack(home.writebackDir, opts.writebackBytes ?? writebackLimit(home.dir), this.meta)
     this.fs = new Filesystem({
@@ -476,6 +478,7 @@ export class Engine {
     await (await this.walOpening)?.close()
     await this.wb.close()
     await this.partners.close()
+    await this.diskCache?.close()
     await this.sealer.close()
     await this.meta.stopCheckpointer()
     this.meta.close()
