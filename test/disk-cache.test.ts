@@ -1,11 +1,14 @@
 // The on-disk block cache: blocks come back as written, the least recently used go first beyond the bound,
 // the cache survives a restart, a slot that holds anything but the block asked for is a miss, and a write
-// it cannot make (too many queued, a broken file) only costs the entry.
+// it cannot make (too many queued, cut short by a full disk, a folder it cannot use) only costs the entry.
 import test from 'brittle'
 import fs from 'node:fs'
 import path from 'node:path'
+import { spawnSync } from 'node:child_process'
 import { DiskCache, CACHE_FILE } from '../src/log/disk-cache.js'
 import { tmpdir } from './helpers.js'
+
+const ROOT = path.resolve(import.meta.dirname, '..')
 
 const SLOT = 4096
 const block = (n: number, size = SLOT): Buffer => Buffer.alloc(size, n)
@@ -31,10 +34,12 @@ test('blocks read back, the least recently used leave first, and a restart keeps
 
   const again = new DiskCache(dir, 3 * SLOT, SLOT)
   t.is(again.size, 3 * SLOT, 'a restart finds what was cached')
-  for (const k of ['k0', 'k2', 'k3']) t.alike(await again.get(k), block(Number(k.slice(1))), `${k} after the restart`)
-  // Recency is rebuilt from the order of writing: k0 was written first, so it leaves first.
+  // Recency is rebuilt from the order of writing, not from the slots: k0 (slot 0) was written first, then
+  // k2 (slot 2), then k3 (slot 1), so two new blocks push out k0 and then k2.
   await again.put('k4', block(4))
-  t.absent(again.has('k0'), 'after a restart the block written longest ago leaves first')
+  await again.put('k5', block(5))
+  t.absent(again.has('k0') || again.has('k2'), 'after a restart the blocks written longest ago leave first')
+  for (const k of ['k3', 'k4', 'k5']) t.alike(await again.get(k), block(Number(k.slice(1))), `${k} after the restart`)
   await again.close()
 
   // A lower bound at the next start cuts the file down to it.
@@ -42,7 +47,7 @@ test('blocks read back, the least recently used leave first, and a restart keeps
   t.is(smaller.size, 2 * SLOT)
   t.is(fs.statSync(path.join(dir, CACHE_FILE)).size, 2 * (64 + SLOT), 'the file is cut to the lower bound')
   let found = 0
-  for (const k of ['k2', 'k3', 'k4']) {
+  for (const k of ['k3', 'k4', 'k5']) {
     const b = await smaller.get(k)
     if (b) {
       t.alike(b, block(Number(k.slice(1))), `${k} is intact`)
@@ -128,13 +133,60 @@ test('puts that are not awaited: one write per key, a bounded queue, never a rej
   await dc.put('big', block(5, SLOT + 1))
   await dc.put('k'.repeat(41), block(5))
   t.absent(dc.has('big') || dc.has('k'.repeat(41)), 'a block larger than a slot, or a key over 40 bytes, is not cached')
-  // Reads and writes under way while the cache closes: close waits for them, nothing throws.
-  const late = [dc.put('late', block(6)), dc.get('same')]
+  // A write under way while the cache closes: close waits for it, so it is there at the next start.
+  const late = dc.put('late', block(6))
+  const reading = dc.get('same')
   await dc.close()
-  await Promise.all(late)
+  t.ok(dc.has('late'), 'close waited for the write under way')
+  t.alike(await reading, block(1), 'and for the read')
+  await late
   t.is(await dc.get('same'), null, 'a closed cache answers every read with a miss')
   await dc.put('after', block(7))
   t.absent(dc.has('after'), 'and caches nothing more')
+  const again = new DiskCache(dir, 1 << 30, SLOT)
+  t.alike(await again.get('late'), block(6), 'the block written while closing is there after a restart')
+  await again.close()
+})
+
+test('a write the disk cuts short is not recorded, and its slot never serves torn bytes', async t => {
+  const dir = cacheDir(t)
+  const slot = 64 * 1024
+  // A file size limit (200 blocks of 512 bytes) stands in for a full disk: the write of the second block
+  // stops at 100 KiB, and the system reports a short write rather than an error.
+  const script = [
+    "import { DiskCache } from './src/log/disk-cache.ts'",
+    `const dc = new DiskCache(${JSON.stringify(dir)}, 1 << 30, ${slot})`,
+    `await dc.put('a', Buffer.alloc(${slot}, 1))`,
+    `await dc.put('b', Buffer.alloc(${slot}, 2))`,
+    "const out = { a: dc.has('a'), b: dc.has('b'), size: dc.size }",
+    'await dc.close()',
+    'console.log(JSON.stringify(out))'
+  ].join('\n')
+  const r = spawnSync('sh', ['-c', `ulimit -f 200; exec "${process.execPath}" --import tsx --input-type=module -e "$0"`, script], { cwd: ROOT, encoding: 'utf8' })
+  t.is(r.status, 0, r.stderr)
+  const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}')
+  t.alike(out, { a: true, b: false, size: slot }, 'the block written in full is cached, the one cut short is not')
+  t.is(fs.statSync(path.join(dir, CACHE_FILE)).size, 100 * 1024, 'the disk took only part of the second block')
+  const again = new DiskCache(dir, 1 << 30, slot)
+  t.absent(again.has('b'), 'nor does it come back at the next start')
+  t.alike(await again.get('a'), Buffer.alloc(slot, 1))
+  // Its slot is used again, and a block written there in full reads back whole.
+  await again.put('c', Buffer.alloc(slot, 3))
+  t.alike(await again.get('c'), Buffer.alloc(slot, 3))
+  t.is(fs.statSync(path.join(dir, CACHE_FILE)).size, 2 * (64 + slot), 'in the slot the short write left')
+  await again.close()
+})
+
+test('a cache whose folder cannot be used is off, and says why', async t => {
+  const dir = cacheDir(t)
+  fs.mkdirSync(path.dirname(dir), { recursive: true })
+  fs.writeFileSync(dir, 'a file where the folder should be')
+  const dc = new DiskCache(dir, 1 << 30, SLOT)
+  t.ok(dc.problem && dc.problem.includes(dir), String(dc.problem))
+  await dc.put('k', block(1))
+  t.absent(dc.has('k'), 'it caches nothing')
+  t.is(await dc.get('k'), null)
+  await dc.close()
 })
 
 test('a slot being read is not given to another block', async t => {

@@ -121,6 +121,7 @@ export class Engine {
     this.meta = new MetaStore(home.metaFile)
     this.meta.checkpointInBackground()
     this.diskCache = this.service ? new DiskCache(home.cacheDir, DISK_CACHE_BYTES, this.cfg.blockSize) : null
+    if (this.diskCache?.problem) this.log(this.diskCache.problem)
     this.disk = new LogicalDisk({
       meta: this.meta,
       partners: this.partners,

@@ -55,8 +55,11 @@ export class DiskCache {
   // Reads in flight by slot: such a slot is neither evicted nor reused until they are done.
   private readonly reading = new Map<number, number>()
   private readonly inFlight = new Set<Promise<unknown>>()
+  // Why the cache is off although it has a bound (its folder or file could not be used), for the log.
+  readonly problem: string | null = null
 
-  // slotBytes: the largest block cached (the stripe block size); a larger one is not cached.
+  // slotBytes: the largest block cached (the stripe block size); a larger one is not cached. Never throws:
+  // a cache that cannot be opened is off, and says why in problem.
   constructor (dir: string, maxBytes: number, slotBytes: number) {
     this.dir = dir
     this.maxBytes = maxBytes
@@ -64,13 +67,22 @@ export class DiskCache {
     this.stride = HEADER_BYTES + slotBytes
     this.capacity = maxBytes > 0 && slotBytes > 0 ? Math.floor(maxBytes / slotBytes) : 0
     if (this.capacity === 0) return
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-    // Caches of earlier versions kept a file per block: they are only a cache, and go.
-    for (const name of fs.readdirSync(dir)) {
-      if (name !== CACHE_FILE) fs.rmSync(path.join(dir, name), { force: true, recursive: true })
+    try {
+      fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+      // Caches of earlier versions kept a file per block: they are only a cache, and go.
+      for (const name of fs.readdirSync(dir)) {
+        if (name !== CACHE_FILE) fs.rmSync(path.join(dir, name), { force: true, recursive: true })
+      }
+      this.fd = fs.openSync(path.join(dir, CACHE_FILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600)
+      this.load()
+    } catch (err) {
+      if (this.fd >= 0) fs.closeSync(this.fd)
+      this.fd = -1
+      this.entries.clear()
+      this.free.length = 0
+      this.bytes = 0
+      this.problem = `the on-disk block cache in ${dir} is off: ${(err as Error).message}`
     }
-    this.fd = fs.openSync(path.join(dir, CACHE_FILE), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600)
-    this.load()
   }
 
   // Rebuilds the index from the slots' headers. A slot whose header is not whole, or whose block runs past
@@ -152,15 +164,22 @@ export class DiskCache {
     const slot = this.takeSlot()
     if (slot < 0) return
     this.writing.add(key)
+    const want = HEADER_BYTES + data.length
+    let wrote = -1
     try {
       const bufs = [header(key, data.length, ++this.seq), data]
-      await this.track(new Promise<void>((resolve, reject) =>
-        fs.writev(this.fd, bufs, slot * this.stride, err => err ? reject(err) : resolve())))
+      wrote = await this.track(new Promise<number>((resolve, reject) =>
+        fs.writev(this.fd, bufs, slot * this.stride, (err, n) => err ? reject(err) : resolve(n))))
     } catch {
-      this.free.push(slot)
-      return
     } finally {
       this.writing.delete(key)
+    }
+    if (wrote !== want) {
+      // A write that failed or was cut short (a full disk reports fewer bytes, not an error) may have left
+      // the header: it is cleared before the slot is used again, so the block never comes back torn.
+      if (wrote !== 0) this.clear(slot)
+      else this.free.push(slot)
+      return
     }
     if (this.fd < 0) return
     this.entries.set(key, { slot, size: data.length })
@@ -172,19 +191,25 @@ export class DiskCache {
     if (!e) return
     this.entries.delete(key)
     this.bytes -= e.size
-    if (this.fd < 0) return
     // The header is cleared before the slot is reused, so a restart does not bring the block back.
-    const cleared = Buffer.alloc(HEADER_BYTES)
-    void this.track(new Promise<void>(resolve => fs.write(this.fd, cleared, 0, HEADER_BYTES, e.slot * this.stride, err => {
-      if (!err) this.free.push(e.slot)
+    this.clear(e.slot)
+  }
+
+  // Zeroes a slot's header, then frees the slot. A slot whose header could not be cleared stays out of use
+  // until the next start, which checks it again.
+  private clear (slot: number): void {
+    if (this.fd < 0) return
+    const zeros = Buffer.alloc(HEADER_BYTES)
+    void this.track(new Promise<void>(resolve => fs.write(this.fd, zeros, 0, HEADER_BYTES, slot * this.stride, (err, n) => {
+      if (!err && n === HEADER_BYTES) this.free.push(slot)
       resolve()
     })))
   }
 
   // Waits for the reads and writes under way, then closes the file.
   async close (): Promise<void> {
+    while (this.fd >= 0 && this.inFlight.size > 0) await Promise.allSettled([...this.inFlight])
     if (this.fd < 0) return
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight])
     const fd = this.fd
     this.fd = -1
     fs.closeSync(fd)
