@@ -245,15 +245,21 @@ test('every message and the hello handshake round-trip, byte for byte as documen
   t.is(encode(hello, { version: 1, features: 0 }).toString('hex'), '0100')
 })
 
-test('decoded data fields are copies, not views of the frame', t => {
+test('blocks decode to views of the frame, master blocks sent for keeping to copies', t => {
+  // Blocks written and read back are used while their frame lives and never copied on the hot path.
   const frame = encode(MESSAGES.writeBlock, { id: 1, slot: 2, data: Buffer.from('abcdef') })
   const m = decode(MESSAGES.writeBlock, frame)
-  frame.fill(0)
   t.is(m.data.toString(), 'abcdef')
+  t.is(m.data.buffer, frame.buffer, 'a block written is a view of its frame')
   const reply = encode(MESSAGES.reply, { id: 1, code: 0, data: Buffer.from('xyz'), text: 't' })
   const r = decode(MESSAGES.reply, reply)
-  reply.fill(0)
   t.is(r.data.toString(), 'xyz')
+  t.is(r.data.buffer, reply.buffer, 'so is the data of a reply')
+  // A partner keeps the master block it is sent: a copy, which holds no frame alive.
+  const put = encode(MESSAGES.putMaster, { id: 1, data: Buffer.from('master') })
+  const p = decode(MESSAGES.putMaster, put)
+  put.fill(0)
+  t.is(p.data.toString(), 'master', 'a master block sent for keeping is a copy')
 })
 
 // ---- fuzzing the decoders ----
