@@ -38,7 +38,6 @@ function parse (h: Buffer): { key: string, size: number, seq: number } | null {
 }
 
 export class DiskCache {
-  private readonly dir: string
   private readonly maxBytes: number
   private readonly slotBytes: number
   private readonly stride: number
@@ -61,7 +60,6 @@ export class DiskCache {
   // slotBytes: the largest block cached (the stripe block size); a larger one is not cached. Never throws:
   // a cache that cannot be opened is off, and says why in problem.
   constructor (dir: string, maxBytes: number, slotBytes: number) {
-    this.dir = dir
     this.maxBytes = maxBytes
     this.slotBytes = slotBytes
     this.stride = HEADER_BYTES + slotBytes
