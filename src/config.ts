@@ -62,6 +62,10 @@ export const DAEMON_START_TIMEOUT_MS = 30_000
 // How long a starting daemon waits for the DHT before it mounts anyway (the join goes on in the background).
 export const DHT_JOIN_WAIT_MS = 5000
 export const CONTROL_TIMEOUT_MS = 10 * 60_000
+// How long the daemon waits for `fusermount -u` before it detaches the mount instead (daemon.ts), and the
+// program it runs for that (a test puts one there that never returns).
+export const UNMOUNT_WAIT_MS = envInt('COOPFS_UNMOUNT_WAIT_MS', 10_000)
+export const FUSERMOUNT = process.env.COOPFS_FUSERMOUNT || 'fusermount'
 
 // Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner
 // to come back before decoding around it (and failing with EIO when too few are up); writes wait longer.

@@ -41,6 +41,24 @@ test('mount returns once mounted; status reports it; unmount stops the daemon', 
   t.absent(running(pid), 'daemon stopped')
 })
 
+test('an unmount whose fusermount never returns detaches the mount after a wait, and the log says where it hung', async t => {
+  const s = await init(t)
+  // Stands in for the hang seen twice in many test runs: a plain unmount that never returns.
+  const hangs = path.join(s.dir, 'fusermount-hangs')
+  fs.writeFileSync(hangs, '#!/bin/sh\nif [ "$1" = "-u" ]; then exec sleep 600; fi\nexec fusermount "$@"\n', { mode: 0o755 })
+  await mount(s, [], { COOPFS_FUSERMOUNT: hangs, COOPFS_UNMOUNT_WAIT_MS: '1000' })
+  fs.writeFileSync(path.join(s.mnt, 'a'), 'kept')
+  const pid = (await status(s.home)).pid as number
+  await unmount(s.mnt)
+  t.absent(isMounted(s.mnt), 'the mount is gone')
+  t.absent(running(pid), 'the daemon stopped')
+  const log = fs.readFileSync(path.join(s.home, 'daemon.log'), 'utf8')
+  t.ok(/fusermount -u has not returned after 1 s \(pid \d+ \S.*; FUSE requests the daemon is answering: none\); detaching the mount instead/.test(log), log.split('\n').filter(l => /fusermount/.test(l)).join('\n'))
+  await mount(s)
+  t.is(fs.readFileSync(path.join(s.mnt, 'a'), 'utf8'), 'kept', 'what was written is there after mounting again')
+  await unmount(s.mnt)
+})
+
 test('mount errors: missing mount point, not a folder, not empty, already mounted, no identity, home in use', async t => {
   const s = await init(t)
   const missing = await cli(['mount', path.join(s.dir, 'nope'), '--home', s.home])

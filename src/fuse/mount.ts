@@ -91,6 +91,8 @@ export interface MountOptions {
 
 export interface Mounted {
   unmount: () => Promise<void>
+  // FUSE requests the daemon is working on, by operation (for the log when an unmount hangs).
+  inFlight: () => Record<string, number>
   // Handles the releases the addon answered that no request took yet, and waits for them.
   settle: () => Promise<void>
   // Once the kernel let go of the mount: settles, and takes no more releases. One the addon answers after
@@ -128,6 +130,13 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
   const releaseTimer = deferReleases(true) ? setInterval(takeReleases, RELEASE_TAKE_MS) : null
   releaseTimer?.unref()
 
+  // Requests answered asynchronously and not yet answered, by operation.
+  const pending = new Map<string, number>()
+  const settled = (name: string): void => {
+    const n = (pending.get(name) ?? 1) - 1
+    if (n > 0) pending.set(name, n)
+    else pending.delete(name)
+  }
   // Runs an operation and reports its outcome: ok(result) on success, the errno otherwise.
   const run = (name: string, cb: Cb, fn: () => unknown, ok: (cb: Cb, v: any) => void = c => c(0)): void => {
     takeReleases()
@@ -137,8 +146,9 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     } catch (err) {
       return fail(name, cb, err)
     }
-    if (out instanceof Promise) out.then(v => ok(cb, v), err => fail(name, cb, err))
-    else ok(cb, out)
+    if (!(out instanceof Promise)) return ok(cb, out)
+    pending.set(name, (pending.get(name) ?? 0) + 1)
+    out.then(v => { settled(name); ok(cb, v) }, err => { settled(name); fail(name, cb, err) })
   }
   const fail = (name: string, cb: Cb, err: unknown): void => {
     const errno = errnoOf(err)
@@ -268,6 +278,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
       await new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
       await finish()
     },
+    inFlight: () => Object.fromEntries(pending),
     settle,
     finish
   }
