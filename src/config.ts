@@ -64,7 +64,7 @@ export const DHT_JOIN_WAIT_MS = 5000
 export const CONTROL_TIMEOUT_MS = 10 * 60_000
 // How long the daemon waits for `fusermount -u` before it detaches the mount instead (daemon.ts), and the
 // program it runs for that (a test puts one there that never returns).
-export const UNMOUNT_WAIT_MS = envInt('COOPFS_UNMOUNT_WAIT_MS', 10_000)
+export const UNMOUNT_WAIT_MS = Math.max(1000, envInt('COOPFS_UNMOUNT_WAIT_MS', 10_000))
 export const FUSERMOUNT = process.env.COOPFS_FUSERMOUNT || 'fusermount'
 
 // Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner

@@ -41,7 +41,7 @@ test('mount returns once mounted; status reports it; unmount stops the daemon', 
   t.absent(running(pid), 'daemon stopped')
 })
 
-test('an unmount whose fusermount never returns detaches the mount after a wait, and the log says where it hung', async t => {
+test('an unmount whose fusermount never returns: refused while a file is open, else the mount is detached after a wait; the log says where it hung', async t => {
   const s = await init(t)
   // Stands in for the hang seen twice in many test runs: a plain unmount that never returns.
   const hangs = path.join(s.dir, 'fusermount-hangs')
@@ -49,11 +49,28 @@ test('an unmount whose fusermount never returns detaches the mount after a wait,
   await mount(s, [], { COOPFS_FUSERMOUNT: hangs, COOPFS_UNMOUNT_WAIT_MS: '1000' })
   fs.writeFileSync(path.join(s.mnt, 'a'), 'kept')
   const pid = (await status(s.home)).pid as number
+  const fusermountLines = (): string => fs.readFileSync(path.join(s.home, 'daemon.log'), 'utf8').split('\n').filter(l => /fusermount/.test(l)).join('\n')
+  // A file open in the mount: not detached under the program using it; the stop is refused as busy.
+  const fd = fs.openSync(path.join(s.mnt, 'a'), 'r')
+  const refused = await cli(['unmount', s.mnt])
+  t.not(refused.code, 0, 'with a file open, the unmount is refused')
+  t.ok(/busy/.test(refused.stderr), refused.stderr.trim())
+  t.ok(/fusermount -u has not returned after 1 s \(.*open files: 1\); files are open, so the mount stays/.test(fusermountLines()), fusermountLines())
+  t.ok(isMounted(s.mnt) && running(pid), 'the mount and its daemon stay')
+  t.is(fs.readFileSync(fd, 'utf8'), 'kept', 'and the open file still reads')
+  fs.closeSync(fd)
   await unmount(s.mnt)
-  t.absent(isMounted(s.mnt), 'the mount is gone')
+  t.absent(isMounted(s.mnt), 'with nothing open, the mount is gone')
   t.absent(running(pid), 'the daemon stopped')
-  const log = fs.readFileSync(path.join(s.home, 'daemon.log'), 'utf8')
-  t.ok(/fusermount -u has not returned after 1 s \(pid \d+ \S.*; FUSE requests the daemon is answering: none\); detaching the mount instead/.test(log), log.split('\n').filter(l => /fusermount/.test(l)).join('\n'))
+  t.ok(/fusermount -u has not returned after 1 s \(pid \d+ \S.*; FUSE requests the daemon is answering: none; open files: 0\); detaching the mount instead/.test(fusermountLines()), fusermountLines())
+  const stuck = fs.readdirSync('/proc').filter(p => /^\d+$/.test(p)).filter(p => {
+    try {
+      return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8') === 'sleep\u0000600\u0000'
+    } catch {
+      return false
+    }
+  })
+  t.is(stuck.length, 0, 'the fusermount that hung was killed')
   await mount(s)
   t.is(fs.readFileSync(path.join(s.mnt, 'a'), 'utf8'), 'kept', 'what was written is there after mounting again')
   await unmount(s.mnt)

@@ -99,7 +99,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
         if (trimTimer) clearInterval(trimTimer)
         if (mountpoint) {
           log(`unmounting ${mountpoint}`)
-          await kernelUnmount(mountpoint, () => active?.inFlight() ?? {})
+          await kernelUnmount(mountpoint, () => eng?.fs.openHandles() ?? 0, () => active?.inFlight() ?? {})
           log(`unmounted ${mountpoint}; taking the last releases`)
           await active?.finish()
           log('storing what waits and closing')
@@ -171,35 +171,48 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
   ready(null)
 }
 
-// Unmounts through the kernel; a busy mount point is refused rather than detached lazily, so the daemon
-// keeps serving whoever still uses it.
-// fusermount -u, which refuses a mount still in use. It has been seen, twice in many test runs, not to
-// return at all (the cause is not known: the log then shows where it waits and what the daemon was
-// answering). After UNMOUNT_WAIT_MS the mount is detached instead (fusermount -uz): the daemon can then
-// finish and exit, which also ends any wait in the kernel on its connection.
-function kernelUnmount (mountpoint: string, inFlight: () => Record<string, number>): Promise<void> {
+// fusermount -u, which refuses a mount still in use (EBUSY), so the daemon keeps serving whoever uses it.
+// It has been seen, twice in many test runs, not to return at all (the cause is not known: the log then
+// shows where it waits and what the daemon was answering). After UNMOUNT_WAIT_MS, when no file is open
+// in the mount, it is detached instead (fusermount -uz) and the daemon stops as usual, which also ends any
+// wait in the kernel on its connection; with files open, the stop is refused as busy.
+function kernelUnmount (mountpoint: string, openFiles: () => number, inFlight: () => Record<string, number>): Promise<void> {
   return new Promise((resolve, reject) => {
     let done = false
+    let abandoned = false
+    let detachWatch: NodeJS.Timeout | null = null
+    const busy = (): CoopError => new CoopError('EBUSY', `${mountpoint} is busy: close the files and leave the folders open inside it, then try again`)
     const finish = (err: Error | null, stderr: string): void => {
       if (done) return
       done = true
       clearTimeout(watch)
+      if (detachWatch) clearTimeout(detachWatch)
       if (!err) return resolve()
-      if (/busy/i.test(stderr)) return reject(new CoopError('EBUSY', `${mountpoint} is busy: close the files and leave the folders open inside it, then try again`))
+      if (/busy/i.test(stderr)) return reject(busy())
       if (/not found|not mounted/i.test(stderr)) return resolve()
       reject(new CoopError('EIO', `could not unmount ${mountpoint}: ${stderr.trim() || err.message}`))
     }
-    let abandoned = false
     const child = execFile(FUSERMOUNT, ['-u', mountpoint], (err, _stdout, stderr) => {
       if (!abandoned) finish(err, String(stderr))
     })
     const watch = setTimeout(() => {
       if (done) return
       abandoned = true
-      const requests = Object.entries(inFlight()).map(([op, n]) => `${op} ${n}`).join(', ') || 'none'
-      log(`fusermount -u has not returned after ${UNMOUNT_WAIT_MS / 1000} s (${waitingIn(child.pid)}; FUSE requests the daemon is answering: ${requests}); detaching the mount instead`)
       child.kill('SIGKILL')
+      const requests = Object.entries(inFlight()).map(([op, n]) => `${op} ${n}`).join(', ') || 'none'
+      const open = openFiles()
+      const where = `${waitingIn(child.pid)}; FUSE requests the daemon is answering: ${requests}; open files: ${open}`
+      if (open > 0) {
+        log(`fusermount -u has not returned after ${UNMOUNT_WAIT_MS / 1000} s (${where}); files are open, so the mount stays`)
+        return finish(new Error('busy'), 'busy')
+      }
+      log(`fusermount -u has not returned after ${UNMOUNT_WAIT_MS / 1000} s (${where}); detaching the mount instead`)
       execFile(FUSERMOUNT, ['-uz', mountpoint], (err, _stdout, stderr) => finish(err, String(stderr)))
+      // Should the detach hang too, the daemon stops anyway: its exit is what frees the kernel's side.
+      detachWatch = setTimeout(() => {
+        log(`fusermount -uz has not returned after ${UNMOUNT_WAIT_MS / 1000} s either; stopping anyway`)
+        finish(null, '')
+      }, UNMOUNT_WAIT_MS)
     }, UNMOUNT_WAIT_MS)
   })
 }
@@ -216,5 +229,6 @@ function waitingIn (pid: number | undefined): string {
   }
   const state = /^State:\s*(.*)$/m.exec(read('status'))?.[1] ?? 'gone'
   const stack = read('stack').split('\n').map(l => l.replace(/^\[<[0-9a-f]+>\] /, '').replace(/\+0x.*$/, '')).filter(Boolean).slice(0, 6).join(' < ')
-  return `pid ${pid} ${state}, in ${stack || read('wchan') || 'an unknown place'}`
+  const wchan = read('wchan')
+  return `pid ${pid} ${state}, in ${stack || (wchan !== '0' && wchan) || 'an unknown place'}`
 }
