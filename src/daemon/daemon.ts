@@ -198,10 +198,11 @@ function kernelUnmount (mountpoint: string, openFiles: () => number, inFlight: (
     const watch = setTimeout(() => {
       if (done) return
       abandoned = true
-      child.kill('SIGKILL')
       const requests = Object.entries(inFlight()).map(([op, n]) => `${op} ${n}`).join(', ') || 'none'
       const open = openFiles()
+      // Read before the kill, while the process still waits where it hung.
       const where = `${waitingIn(child.pid)}; FUSE requests the daemon is answering: ${requests}; open files: ${open}`
+      child.kill('SIGKILL')
       if (open > 0) {
         log(`fusermount -u has not returned after ${UNMOUNT_WAIT_MS / 1000} s (${where}); files are open, so the mount stays`)
         return finish(new Error('busy'), 'busy')
