@@ -133,25 +133,25 @@ export class DiskCache {
     this.entries.delete(key)
     this.entries.set(key, e)
     this.reading.set(e.slot, (this.reading.get(e.slot) ?? 0) + 1)
+    const buf = Buffer.allocUnsafe(HEADER_BYTES + e.size)
+    let got = -1
     try {
-      const buf = Buffer.allocUnsafe(HEADER_BYTES + e.size)
-      const got = await this.track(new Promise<number>((resolve, reject) =>
+      got = await this.track(new Promise<number>((resolve, reject) =>
         fs.read(this.fd, buf, 0, buf.length, e.slot * this.stride, (err, n) => err ? reject(err) : resolve(n))))
-      const h = got === buf.length ? parse(buf) : null
-      // The header names the block: a slot that holds anything else is a miss, never another block's bytes.
-      if (!h || h.key !== key || h.size !== e.size) {
-        if (this.entries.get(key) === e) this.drop(key)
-        return null
-      }
-      return buf.subarray(HEADER_BYTES)
     } catch {
-      if (this.entries.get(key) === e) this.drop(key)
-      return null
     } finally {
       const n = (this.reading.get(e.slot) ?? 1) - 1
       if (n > 0) this.reading.set(e.slot, n)
       else this.reading.delete(e.slot)
     }
+    const h = got === buf.length ? parse(buf) : null
+    // The header names the block: a slot that holds anything else (or could not be read) is a miss, never
+    // another block's bytes.
+    if (!h || h.key !== key || h.size !== e.size) {
+      if (this.entries.get(key) === e) this.drop(key)
+      return null
+    }
+    return buf.subarray(HEADER_BYTES)
   }
 
   // Never throws: a block that cannot be written (full disk, too many writes already queued) is simply not
