@@ -31,6 +31,7 @@
 #include <malloc.h>
 #endif
 #include <node_api.h>
+#include <uv.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1082,9 +1083,152 @@ static napi_value trim_malloc (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// The kernel's FUSE protocol answered on the main thread (src/fuse/kernel.ts). kernelMount(mountpoint,
+// options) mounts through libfuse's fuse_mount, which runs fusermount when not root, and gives back the
+// /dev/fuse descriptor, non-blocking and closed on exec. watchFuse(fd, onReadable) calls onReadable on the
+// main thread whenever the descriptor has a request waiting (or has gone: the read then says ENODEV);
+// unwatchFuse() stops that. fuseRead(fd, buf) and fuseWrite(fd, buf, len) are read(2) and write(2)
+// returning -errno instead of throwing, because an empty queue (EAGAIN) ends every burst of requests and a
+// reply to an interrupted request (ENOENT) is ordinary. One watched descriptor per process.
+typedef struct fuse_chan *(*mount_fn) (const char *, struct fuse_args *);
+static uv_poll_t fuse_poll;
+static int fuse_polling = 0;
+static napi_env poll_env = NULL;
+static napi_ref poll_callback = NULL;
+
+static napi_value kernel_mount_js (napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char mountpoint[4096], options[4096];
+  size_t n = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_string_utf8(env, argv[0], mountpoint, sizeof(mountpoint), &n) != napi_ok || n >= sizeof(mountpoint) - 1 ||
+      napi_get_value_string_utf8(env, argv[1], options, sizeof(options), &n) != napi_ok || n >= sizeof(options) - 1) {
+    napi_throw_type_error(env, NULL, "kernelMount(mountpoint, options) needs two strings");
+    return NULL;
+  }
+  mount_fn mount = (mount_fn) libfuse_symbol("fuse_mount", "FUSE_2.6");
+  chan_fd_fn fd_of = (chan_fd_fn) libfuse_symbol("fuse_chan_fd", "FUSE_2.4");
+  if (!mount || !fd_of) {
+    napi_throw_error(env, "ENOFUSE", "libfuse.so.2 is not loaded");
+    return NULL;
+  }
+  char *args_argv[] = { "coopfs", "-o", options, NULL };
+  struct fuse_args args = FUSE_ARGS_INIT(options[0] != '\0' ? 3 : 1, args_argv);
+  struct fuse_chan *ch = mount(mountpoint, &args);
+  int fd = ch ? fd_of(ch) : -1;
+  if (fd < 0) {
+    napi_throw_error(env, "EMOUNT", "the kernel did not mount it (fusermount said why above)");
+    return NULL;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC);
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+static void fuse_readable (uv_poll_t *handle, int status, int events) {
+  (void) handle; (void) status; (void) events;
+  napi_handle_scope scope;
+  napi_value callback, global;
+  if (poll_env == NULL || napi_open_handle_scope(poll_env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(poll_env, poll_callback, &callback) == napi_ok && callback != NULL &&
+      napi_get_global(poll_env, &global) == napi_ok) {
+    napi_make_callback(poll_env, NULL, global, callback, 0, NULL, NULL);
+  }
+  napi_close_handle_scope(poll_env, scope);
+}
+
+static napi_value watch_fuse_js (napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd = -1;
+  napi_valuetype type = napi_undefined;
+  uv_loop_t *loop = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
+      napi_typeof(env, argv[1], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "watchFuse(fd, onReadable) needs a descriptor and a function");
+    return NULL;
+  }
+  if (fuse_polling) {
+    napi_throw_error(env, "EBUSY", "watchFuse: a descriptor is watched already");
+    return NULL;
+  }
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &fuse_poll, fd) != 0) {
+    napi_throw_error(env, NULL, "watchFuse: cannot watch the descriptor");
+    return NULL;
+  }
+  poll_env = env;
+  napi_create_reference(env, argv[1], 1, &poll_callback);
+  uv_poll_start(&fuse_poll, UV_READABLE, fuse_readable);
+  fuse_polling = 1;
+  return NULL;
+}
+
+static void fuse_poll_closed (uv_handle_t *handle) { (void) handle; }
+
+static napi_value unwatch_fuse_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  if (!fuse_polling) return NULL;
+  uv_poll_stop(&fuse_poll);
+  uv_close((uv_handle_t *) &fuse_poll, fuse_poll_closed);
+  fuse_polling = 0;
+  if (poll_callback) napi_delete_reference(env, poll_callback);
+  poll_callback = NULL;
+  poll_env = NULL;
+  return NULL;
+}
+
+// The (fd, buffer[, length]) arguments of fuseRead and fuseWrite.
+static int fd_and_buffer (napi_env env, napi_callback_info info, int32_t *fd, void **data, size_t *len, const char *usage) {
+  size_t argc = 3;
+  napi_value argv[3];
+  uint32_t want = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], data, len) != napi_ok ||
+      (argc >= 3 && (napi_get_value_uint32(env, argv[2], &want) != napi_ok || want > *len))) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
+  }
+  if (argc >= 3) *len = want;
+  return 1;
+}
+
+static napi_value fuse_read_js (napi_env env, napi_callback_info info) {
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (!fd_and_buffer(env, info, &fd, &data, &len, "fuseRead(fd, buffer) needs a descriptor and a Buffer")) return NULL;
+  ssize_t n;
+  do n = read(fd, data, len); while (n < 0 && errno == EINTR);
+  napi_value result;
+  napi_create_int32(env, n < 0 ? -errno : (int32_t) n, &result);
+  return result;
+}
+
+static napi_value fuse_write_js (napi_env env, napi_callback_info info) {
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (!fd_and_buffer(env, info, &fd, &data, &len, "fuseWrite(fd, buffer, length) needs a descriptor, a Buffer and a length")) return NULL;
+  ssize_t n;
+  do n = write(fd, data, len); while (n < 0 && errno == EINTR);
+  napi_value result;
+  napi_create_int32(env, n < 0 ? -errno : (int32_t) n, &result);
+  return result;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } functions[] = {
     { "trimMalloc", trim_malloc },
+    { "kernelMount", kernel_mount_js },
+    { "watchFuse", watch_fuse_js },
+    { "unwatchFuse", unwatch_fuse_js },
+    { "fuseRead", fuse_read_js },
+    { "fuseWrite", fuse_write_js },
     { "noteCreated", note_created_js },
     { "answered", answered_js },
     { "siblingsDropped", siblings_dropped_js },

@@ -24,6 +24,11 @@ interface Preload {
   trimMalloc?: () => boolean
   deferReleases?: (on: boolean) => void
   takeReleased?: () => number[] | null
+  kernelMount?: (mountpoint: string, options: string) => number
+  watchFuse?: (fd: number, onReadable: () => void) => void
+  unwatchFuse?: () => void
+  fuseRead?: (fd: number, buf: Buffer) => number
+  fuseWrite?: (fd: number, buf: Buffer, len: number) => number
 }
 
 // Requests the addon answered without the daemon since the mount (see native/preload.c).
@@ -189,4 +194,22 @@ function joinPath (...parts: Array<string | undefined>): string {
 export function bundledFusermountDir (): string {
   const shared = require('fuse-shared-library-linux') as { lib: string }
   return path.join(path.dirname(shared.lib), '..', 'bin')
+}
+
+// What a session answering the kernel on the main thread needs of the preload addon (src/fuse/kernel.ts):
+// mounting through libfuse's fuse_mount, which gives the /dev/fuse descriptor, and reading, answering and
+// watching it. null when the addon is not built (or predates these functions).
+export interface KernelIo {
+  kernelMount: (mountpoint: string, options: string) => number
+  watchFuse: (fd: number, onReadable: () => void) => void
+  unwatchFuse: () => void
+  fuseRead: (fd: number, buf: Buffer) => number
+  fuseWrite: (fd: number, buf: Buffer, len: number) => number
+}
+
+export function kernelIo (): KernelIo | null {
+  loadFuse() // libfuse.so.2 loaded (the bundled one when the system has none) and fusermount on PATH
+  const p = preloaded
+  if (!p?.kernelMount || !p.watchFuse || !p.unwatchFuse || !p.fuseRead || !p.fuseWrite) return null
+  return { kernelMount: p.kernelMount, watchFuse: p.watchFuse, unwatchFuse: p.unwatchFuse, fuseRead: p.fuseRead, fuseWrite: p.fuseWrite }
 }
