@@ -6,8 +6,9 @@ import { CoopError } from '../errors.js'
 import { Home, assignColumn, isLocal, type HomeConfig } from '../home.js'
 import { deriveKeys } from '../crypto/keys.js'
 import { Engine } from './engine.js'
-import { FUSERMOUNT, MALLOC_TRIM_MS, UNMOUNT_WAIT_MS } from '../config.js'
+import { FUSE_LAYER, FUSERMOUNT, MALLOC_TRIM_MS, UNMOUNT_WAIT_MS } from '../config.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
+import { mountKernel } from '../fuse/kernel-mount.js'
 import { fuseStatus, trimMalloc } from '../fuse/libfuse.js'
 import { serveControl, type Request } from './control.js'
 import { PartnerService } from '../serve/service.js'
@@ -71,7 +72,8 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       await engine.start()
       // Reads right after the mount should not wait on the first dials: give the partners a moment.
       await engine.waitPartners(STARTUP_PARTNER_WAIT_MS)
-      active = await mountFilesystem(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
+      const mount = FUSE_LAYER === 'kernel' ? mountKernel : mountFilesystem
+      active = await mount(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
     }
   } catch (err) {
     await engine?.close(false).catch(() => {})

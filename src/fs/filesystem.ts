@@ -43,6 +43,12 @@ export const SHARED_NODES_DEV = 1
 // "The link count includes the hidden name this was asked by" (see getattr).
 export const HIDDEN_COUNTED_DEV = 2
 
+// Who a new file, directory or link belongs to.
+export interface Owner {
+  uid: number
+  gid: number
+}
+
 export interface StatFs {
   bsize: number
   frsize: number
@@ -273,7 +279,16 @@ export class Filesystem {
     return this.attrOf(this.handle(fh).ino)
   }
 
-  private attrOf (ino: number): Attr {
+  // The inode a name in a directory stands for (the session answering the kernel by inode numbers).
+  lookupAt (parent: number, name: string): number {
+    if (!isDir(this.inode(parent).mode)) throw fsErr('ENOTDIR')
+    if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
+    const ino = this.meta.lookup(parent, name)
+    if (ino === undefined) throw fsErr('ENOENT')
+    return ino
+  }
+
+  attrOf (ino: number): Attr {
     const inode = this.inode(ino)
     let blocks = 0
     if ((inode.mode & S_IFMT) === S_IFREG && inode.size > 0) {
@@ -295,14 +310,22 @@ export class Filesystem {
   }
 
   chmod (path: string, mode: number): void {
-    const inode = this.inode(this.resolve(path))
+    this.chmodIno(this.resolve(path), mode)
+  }
+
+  chmodIno (ino: number, mode: number): void {
+    const inode = this.inode(ino)
     inode.mode = (inode.mode & S_IFMT) | (mode & 0o7777)
     inode.ctime = Date.now()
     this.meta.updateInode(inode)
   }
 
   chown (path: string, uid: number, gid: number): void {
-    const inode = this.inode(this.resolve(path))
+    this.chownIno(this.resolve(path), uid, gid)
+  }
+
+  chownIno (ino: number, uid: number, gid: number): void {
+    const inode = this.inode(ino)
     // (uid_t)-1 and (gid_t)-1 leave the owner or group unchanged.
     if (uid !== 0xffffffff && uid !== -1) inode.uid = uid
     if (gid !== 0xffffffff && gid !== -1) inode.gid = gid
@@ -311,9 +334,14 @@ export class Filesystem {
   }
 
   utimens (path: string, atime: number, mtime: number): void {
-    const inode = this.inode(this.resolve(path))
-    if (atime !== UTIME_OMIT_MS) inode.atime = atime
-    if (mtime !== UTIME_OMIT_MS) inode.mtime = mtime
+    this.setTimes(this.resolve(path), atime === UTIME_OMIT_MS ? null : atime, mtime === UTIME_OMIT_MS ? null : mtime)
+  }
+
+  // Times in milliseconds; null leaves one as it is.
+  setTimes (ino: number, atime: number | null, mtime: number | null): void {
+    const inode = this.inode(ino)
+    if (atime !== null) inode.atime = atime
+    if (mtime !== null) inode.mtime = mtime
     inode.ctime = Date.now()
     this.meta.updateInode(inode)
   }
@@ -347,15 +375,23 @@ export class Filesystem {
   // ---- directories and names ----
 
   readdir (path: string): string[] {
-    const ino = this.resolve(path)
-    const inode = this.inode(ino)
-    if (!isDir(inode.mode)) throw fsErr('ENOTDIR')
-    const names = ['.', '..']
-    for (const e of this.meta.listDir(ino)) names.push(e.name)
-    return names
+    return ['.', '..', ...this.listDir(this.resolve(path)).map(e => e.name)]
   }
 
-  private newInode (parent: number, name: string, mode: number, extra: Partial<Inode> = {}): number {
+  // A directory's entries (without . and ..), by name.
+  listDir (ino: number): Array<{ name: string, ino: number }> {
+    if (!isDir(this.inode(ino).mode)) throw fsErr('ENOTDIR')
+    return this.meta.listDir(ino)
+  }
+
+  // The parent of a directory (the root's is itself).
+  parentDir (ino: number): number {
+    return ino === ROOT_INO ? ROOT_INO : this.inode(ino).parent
+  }
+
+  // owner: the caller's user and group, when known (the session answering the kernel by inode numbers);
+  // without it the daemon's own, which the preload addon changes to the caller's (fuse-native).
+  private newInode (parent: number, name: string, mode: number, extra: Partial<Inode> = {}, owner?: Owner): number {
     if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
     const now = Date.now()
     const dir = isDir(mode)
@@ -365,8 +401,8 @@ export class Filesystem {
     const sgid = (p.mode & S_ISGID) !== 0
     const ino = this.meta.createInode({
       mode: sgid && dir ? mode | S_ISGID : mode,
-      uid: process.getuid?.() ?? 0,
-      gid: sgid ? p.gid : process.getgid?.() ?? 0,
+      uid: owner?.uid ?? process.getuid?.() ?? 0,
+      gid: sgid ? p.gid : owner?.gid ?? process.getgid?.() ?? 0,
       nlink: dir ? 2 : 1,
       size: 0,
       atime: now,
@@ -386,37 +422,70 @@ export class Filesystem {
 
   mkdir (path: string, mode: number): void {
     const { parent, name } = this.parentOf(path)
-    this.meta.tx(() => this.newInode(parent, name, S_IFDIR | (mode & 0o7777)))
+    this.mkdirAt(parent, name, mode)
+  }
+
+  private checkNewName (parent: number, name: string): void {
+    if (!isDir(this.inode(parent).mode)) throw fsErr('ENOTDIR')
+    if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
+  }
+
+  mkdirAt (parent: number, name: string, mode: number, owner?: Owner): number {
+    this.checkNewName(parent, name)
+    const ino = this.meta.tx(() => this.newInode(parent, name, S_IFDIR | (mode & 0o7777), {}, owner))
     this.onChange()
+    return ino
   }
 
   mknod (path: string, mode: number, rdev: number): void {
     const { parent, name } = this.parentOf(path)
+    this.mknodAt(parent, name, mode, rdev)
+  }
+
+  mknodAt (parent: number, name: string, mode: number, rdev: number, owner?: Owner): number {
+    this.checkNewName(parent, name)
     const type = mode & S_IFMT
-    this.meta.tx(() => this.newInode(parent, name, (type || S_IFREG) | (mode & 0o7777), { rdev }))
+    const ino = this.meta.tx(() => this.newInode(parent, name, (type || S_IFREG) | (mode & 0o7777), { rdev }, owner))
     this.onChange()
+    return ino
   }
 
   symlink (target: string, path: string): void {
     if (Buffer.byteLength(target) > MAX_SYMLINK_BYTES) throw fsErr('ENAMETOOLONG')
     const { parent, name } = this.parentOf(path)
-    this.meta.tx(() => this.newInode(parent, name, S_IFLNK | 0o777, { target, size: Buffer.byteLength(target) }))
+    this.symlinkAt(parent, name, target)
+  }
+
+  symlinkAt (parent: number, name: string, target: string, owner?: Owner): number {
+    if (Buffer.byteLength(target) > MAX_SYMLINK_BYTES) throw fsErr('ENAMETOOLONG')
+    this.checkNewName(parent, name)
+    const ino = this.meta.tx(() => this.newInode(parent, name, S_IFLNK | 0o777, { target, size: Buffer.byteLength(target) }, owner))
     this.onChange()
+    return ino
   }
 
   readlink (path: string): string {
-    const inode = this.inode(this.resolve(path))
+    return this.readlinkIno(this.resolve(path))
+  }
+
+  readlinkIno (ino: number): string {
+    const inode = this.inode(ino)
     if ((inode.mode & S_IFMT) !== S_IFLNK) throw fsErr('EINVAL')
     return inode.target ?? ''
   }
 
   link (src: string, dst: string): void {
     const ino = this.resolve(src)
+    const { parent, name } = this.parentOf(dst)
+    this.linkAt(ino, parent, name)
+  }
+
+  linkAt (ino: number, parent: number, name: string): void {
     const inode = this.inode(ino)
     if (isDir(inode.mode)) throw fsErr('EPERM')
     // An open file whose last name is gone cannot get a name again (linkat of /proc/self/fd/N).
     if (inode.nlink === 0) throw fsErr('ENOENT')
-    const { parent, name } = this.parentOf(dst)
+    this.checkNewName(parent, name)
     this.meta.tx(() => {
       if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
       this.meta.addDirent(parent, name, ino)
@@ -442,17 +511,26 @@ export class Filesystem {
       return
     }
     const { parent, name } = this.parentOf(path)
-    const ino = this.meta.lookup(parent, name)
-    if (ino === undefined) throw fsErr('ENOENT')
+    await this.unlinkAt(parent, name, () => this.forget(path, false))
+  }
+
+  // afterTx runs once the name is gone from the store, before the inode's data goes (if it goes).
+  async unlinkAt (parent: number, name: string, afterTx?: () => void): Promise<void> {
+    const ino = this.lookupAt(parent, name)
     if (isDir(this.inode(ino).mode)) throw fsErr('EISDIR')
     const gone = this.meta.tx(() => this.dropName(parent, name, ino))
-    this.forget(path, false)
+    afterTx?.()
     if (gone) await this.destroyInode(ino)
     this.onChange()
   }
 
   rmdir (path: string): void {
     const { parent, name } = this.parentOf(path)
+    this.rmdirAt(parent, name)
+    this.forget(path, true)
+  }
+
+  rmdirAt (parent: number, name: string): void {
     if (name === '.') throw fsErr('EINVAL')
     const ino = this.meta.lookup(parent, name)
     if (ino === undefined) throw fsErr('ENOENT')
@@ -460,7 +538,6 @@ export class Filesystem {
     if (!isDir(inode.mode)) throw fsErr('ENOTDIR')
     if (this.meta.hasChildren(ino)) throw fsErr('ENOTEMPTY')
     this.meta.tx(() => this.dropName(parent, name, ino))
-    this.forget(path, true)
     this.onChange()
   }
 
@@ -519,6 +596,20 @@ export class Filesystem {
       await this.hide(src, s.parent, s.name, ino, d.name)
       return
     }
+    await this.renameAt(s.parent, s.name, d.parent, d.name, 0, dir => {
+      this.forget(src, dir)
+      this.forget(dst, true)
+    })
+  }
+
+  // RENAME_NOREPLACE and RENAME_EXCHANGE are not supported (EINVAL). afterTx runs once the names moved in
+  // the store, before a replaced inode's data goes (if it goes).
+  async renameAt (sParent: number, sName: string, dParent: number, dName: string, flags: number, afterTx?: (dir: boolean) => void): Promise<void> {
+    if (flags) throw fsErr('EINVAL')
+    const s = { parent: sParent, name: sName }
+    const d = { parent: dParent, name: dName }
+    const ino = this.lookupAt(s.parent, s.name)
+    this.checkNewName(d.parent, d.name)
     const inode = this.inode(ino)
     const dir = isDir(inode.mode)
     if (dir) {
@@ -555,8 +646,7 @@ export class Filesystem {
       if (dir) moved.parent = d.parent
       this.meta.updateInode(moved)
     })
-    this.forget(src, dir)
-    this.forget(dst, true)
+    afterTx?.(dir)
     if (destroy && existing !== undefined) await this.destroyInode(existing)
     this.onChange()
   }
@@ -580,7 +670,10 @@ export class Filesystem {
   }
 
   setxattr (path: string, name: string, value: Buffer, flags: number): void {
-    const ino = this.resolve(path)
+    this.setxattrIno(this.resolve(path), name, value, flags)
+  }
+
+  setxattrIno (ino: number, name: string, value: Buffer, flags: number): void {
     if (Buffer.byteLength(name) > 255 || name.length === 0) throw fsErr('ERANGE')
     this.xattrName(name)
     if (value.length > MAX_XATTR_VALUE_BYTES) throw fsErr('E2BIG')
@@ -601,7 +694,10 @@ export class Filesystem {
   }
 
   getxattr (path: string, name: string): Buffer {
-    const ino = this.resolve(path)
+    return this.getxattrIno(this.resolve(path), name)
+  }
+
+  getxattrIno (ino: number, name: string): Buffer {
     this.xattrName(name)
     const value = this.meta.getXattr(ino, name)
     if (value === undefined) throw fsErr('ENODATA')
@@ -614,11 +710,19 @@ export class Filesystem {
   }
 
   listxattr (path: string): string[] {
-    return this.meta.listXattr(this.resolve(path)).filter(n => XATTR_NAMESPACES.some(ns => n.startsWith(ns)))
+    return this.listxattrIno(this.resolve(path))
+  }
+
+  listxattrIno (ino: number): string[] {
+    this.inode(ino)
+    return this.meta.listXattr(ino).filter(n => XATTR_NAMESPACES.some(ns => n.startsWith(ns)))
   }
 
   removexattr (path: string, name: string): void {
-    const ino = this.resolve(path)
+    this.removexattrIno(this.resolve(path), name)
+  }
+
+  removexattrIno (ino: number, name: string): void {
     this.xattrName(name)
     this.meta.tx(() => {
       if (!this.meta.delXattr(ino, name)) throw fsErr('ENODATA')
@@ -650,21 +754,30 @@ export class Filesystem {
 
   create (path: string, mode: number): number {
     const { parent, name } = this.parentOf(path)
-    const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777)))
+    const { ino, fh } = this.createAt(parent, name, mode)
     // libfuse asks for the new file's attributes right away, by path, unless the preload addon answers it
     // with what the create handed over (src/fuse/mount.ts).
     this.remember(path, ino)
+    return fh
+  }
+
+  createAt (parent: number, name: string, mode: number, owner?: Owner, flags = 0): { ino: number, fh: number } {
+    this.checkNewName(parent, name)
+    const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777), {}, owner))
     // A pause of PACK_IDLE_MS ends a run, but a new one starts no sooner than 2 x WRITE_BURST_MS after the
     // last one did: files that keep coming with pauses between them get packed at least half the time.
     const now = performance.now()
     if (now - this.createdAt >= PACK_IDLE_MS && now - this.createRunSince >= 2 * WRITE_BURST_MS) this.createRunSince = now
     this.createdAt = now
     this.onChange()
-    return this.addHandle(ino, 0)
+    return { ino, fh: this.addHandle(ino, flags) }
   }
 
   async open (path: string, flags: number): Promise<number> {
-    const ino = this.resolve(path)
+    return this.openIno(this.resolve(path), flags)
+  }
+
+  openIno (ino: number, flags: number): number {
     const inode = this.inode(ino)
     if ((inode.mode & S_IFMT) === S_IFLNK) throw fsErr('ELOOP')
     const fh = this.addHandle(ino, flags)
@@ -876,7 +989,7 @@ export class Filesystem {
     await this.truncateIno(this.handle(fh).ino, size)
   }
 
-  private async truncateIno (ino: number, size: number): Promise<void> {
+  async truncateIno (ino: number, size: number): Promise<void> {
     if (size < 0) throw fsErr('EINVAL')
     if (size > MAX_FILE_BYTES) throw fsErr('EFBIG')
     const inode = this.inode(ino)

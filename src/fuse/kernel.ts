@@ -216,6 +216,7 @@ export class KernelSession {
   private watching = false
   // Requests answered asynchronously and not yet answered, by operation (for the log when a stop hangs).
   private readonly pending = new Map<string, number>()
+  private readonly running = new Set<Promise<unknown>>()
   private initialized = false
 
   constructor (private readonly fd: number, private readonly ops: KernelOps, private readonly io: AddonIo, opts: SessionOptions = {}) {
@@ -238,6 +239,15 @@ export class KernelSession {
 
   inFlight (): Record<string, number> {
     return Object.fromEntries(this.pending)
+  }
+
+  // Waits for the operations under way (their answers go nowhere once the kernel let go).
+  async settle (): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running])
+  }
+
+  get connected (): boolean {
+    return !this.gone
   }
 
   private drain (): void {
@@ -354,13 +364,14 @@ export class KernelSession {
     }
     if (!(v instanceof Promise)) return answer(v)
     this.pending.set(name, (this.pending.get(name) ?? 0) + 1)
-    v.then(r => {
+    const done: Promise<void> = v.then(r => {
       this.settled(name)
       if (!this.gone) answer(r)
     }, err => {
       this.settled(name)
       if (!this.gone) this.fail(unique, name, err)
-    })
+    }).finally(() => this.running.delete(done))
+    this.running.add(done)
   }
 
   private settled (name: string): void {
