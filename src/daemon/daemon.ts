@@ -126,7 +126,7 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       case 'status': {
         const net = svc ? { address: svc.node.address(), agreements: svc.list() } : {}
         const base = { mountpoint, pid: process.pid, home: home.dir, publicKey: svc?.keys.publicKey.toString('hex'), bytesStored: 0, bytesPending: 0, partners: [], ...net }
-        return eng ? { ...base, ...eng.status(), fuse: { ...fuseStatus(), openHandles: eng.fs.openHandles() } } : base
+        return eng ? { ...base, ...eng.status(), fuse: { ...(active?.status() ?? fuseStatus()), openHandles: eng.fs.openHandles() } } : base
       }
       case 'sync':
         if (!eng) throw new CoopError('EUSAGE', 'this daemon serves partners only; it has nothing to sync')

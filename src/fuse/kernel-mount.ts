@@ -116,6 +116,7 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
     },
     inFlight: () => session.inFlight(),
     settle: () => session.settle(),
-    finish
+    finish,
+    status: () => ({ layer: 'kernel', addon: true, requestBytes: session.requestBytes })
   }
 }

@@ -218,6 +218,7 @@ export class KernelSession {
   private readonly pending = new Map<string, number>()
   private readonly running = new Set<Promise<unknown>>()
   private initialized = false
+  private maxWrite = 0
 
   constructor (private readonly fd: number, private readonly ops: KernelOps, private readonly io: AddonIo, opts: SessionOptions = {}) {
     this.entryValid = opts.entryTimeout ?? 1
@@ -313,7 +314,7 @@ export class KernelSession {
 
   private putEntry (b: Buffer, o: number, a: KernelAttr): void {
     b.writeBigUInt64LE(BigInt(a.ino), o)
-    b.writeBigUInt64LE(0n, o + 8) // generation: inode numbers are never used again
+    b.writeBigUInt64LE(0n, o + 8) // generation (used by NFS export only, which this mount does not offer)
     putValid(b, o + 16, o + 32, this.entryValid)
     putValid(b, o + 24, o + 36, this.attrValid)
     this.putAttr(b, o + 40, a)
@@ -670,7 +671,8 @@ export class KernelSession {
     r.writeUInt32LE(flags, OUT_HEADER + 12)
     r.writeUInt16LE(12, OUT_HEADER + 16) // max_background, libfuse's default
     r.writeUInt16LE(9, OUT_HEADER + 18) // congestion_threshold
-    r.writeUInt32LE((flags & INIT_MAX_PAGES) !== 0 ? MAX_REQUEST_DATA : 128 * 1024, OUT_HEADER + 20)
+    this.maxWrite = (flags & INIT_MAX_PAGES) !== 0 ? MAX_REQUEST_DATA : 128 * 1024
+    r.writeUInt32LE(this.maxWrite, OUT_HEADER + 20)
     r.writeUInt32LE(1, OUT_HEADER + 24) // time_gran: nanoseconds
     r.writeUInt16LE(MAX_REQUEST_DATA / PAGE, OUT_HEADER + 28)
     this.initialized = true
@@ -679,6 +681,11 @@ export class KernelSession {
 
   get ready (): boolean {
     return this.initialized
+  }
+
+  // The largest read or write request the kernel may send, as agreed at INIT (0 before).
+  get requestBytes (): number {
+    return this.maxWrite
   }
 }
 

@@ -65,6 +65,8 @@ export interface Mounted {
   // that is left to the next start, which removes files left without a name and write-back files of
   // stored data (the same as for releases the kernel never sent).
   finish: () => Promise<void>
+  // What status --json shows under "fuse" (docs/FORMAT.md), besides openHandles.
+  status: () => Record<string, unknown>
 }
 
 // How often the releases the addon answered are taken, besides before each request.
@@ -246,6 +248,7 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     },
     inFlight: () => Object.fromEntries(pending),
     settle,
-    finish
+    finish,
+    status: () => ({ layer: 'fuse-native', ...fuseStatus() })
   }
 }
