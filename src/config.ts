@@ -66,9 +66,10 @@ export const CONTROL_TIMEOUT_MS = 10 * 60_000
 // program it runs for that (a test puts one there that never returns).
 export const UNMOUNT_WAIT_MS = Math.max(1000, envInt('COOPFS_UNMOUNT_WAIT_MS', 10_000))
 export const FUSERMOUNT = process.env.COOPFS_FUSERMOUNT || 'fusermount'
-// Which FUSE layer serves the mount: 'fuse-native' (libfuse's threads hand each request to the main
-// thread) or 'kernel' (the main thread reads and answers the kernel's protocol itself, src/fuse/kernel.ts).
-export const FUSE_LAYER: 'fuse-native' | 'kernel' = process.env.COOPFS_FUSE_LAYER === 'kernel' ? 'kernel' : 'fuse-native'
+// Which FUSE layer serves the mount: 'kernel' (the main thread reads and answers the kernel's protocol
+// itself, src/fuse/kernel.ts; needs the coopfs_preload addon, else fuse-native serves) or 'fuse-native'
+// (libfuse's threads hand each request to the main thread).
+export const FUSE_LAYER: 'fuse-native' | 'kernel' = process.env.COOPFS_FUSE_LAYER === 'fuse-native' ? 'fuse-native' : 'kernel'
 
 // Network: requests to a partner wait this long for an answer; reads wait this long for an offline partner
 // to come back before decoding around it (and failing with EIO when too few are up); writes wait longer.

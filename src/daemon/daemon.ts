@@ -9,7 +9,7 @@ import { Engine } from './engine.js'
 import { FUSE_LAYER, FUSERMOUNT, MALLOC_TRIM_MS, UNMOUNT_WAIT_MS } from '../config.js'
 import { mountFilesystem, type Mounted } from '../fuse/mount.js'
 import { mountKernel } from '../fuse/kernel-mount.js'
-import { fuseStatus, trimMalloc } from '../fuse/libfuse.js'
+import { fuseStatus, kernelIo, trimMalloc } from '../fuse/libfuse.js'
 import { serveControl, type Request } from './control.js'
 import { PartnerService } from '../serve/service.js'
 
@@ -72,7 +72,9 @@ export async function runDaemon ({ home, mountpoint, ready }: DaemonOptions): Pr
       await engine.start()
       // Reads right after the mount should not wait on the first dials: give the partners a moment.
       await engine.waitPartners(STARTUP_PARTNER_WAIT_MS)
-      const mount = FUSE_LAYER === 'kernel' ? mountKernel : mountFilesystem
+      const kernel = FUSE_LAYER === 'kernel' && kernelIo() !== null
+      if (FUSE_LAYER === 'kernel' && !kernel) log('the coopfs_preload addon is not built: fuse-native serves the mount (run npm install again to build it)')
+      const mount = kernel ? mountKernel : mountFilesystem
       active = await mount(engine.fs, { mountpoint, fsname: 'coopfs:' + home.dir, log })
     }
   } catch (err) {

@@ -2,13 +2,16 @@
 // libfuse's fuse_mount (fusermount when not root) through the preload addon, which also wakes this thread
 // when a request waits (native/preload.c, watchFuse). Each request is decoded here, handed to the
 // operations as inode numbers and names, and answered as soon as the operation's value (or promise)
-// settles: no thread hand-over on the way in or out. docs/FORMAT.md ("The FUSE session") lists the
-// protocol version, the options offered at INIT and the replies' layouts.
+// settles: no thread hand-over on the way in or out. docs/DESIGN-NOTES.md ("The FUSE layers") gives the
+// protocol version, what INIT offers, and why this layer.
 import { errnoOf } from './errno.js'
 
-// Protocol 7.31: large requests (max_pages), RENAME2, and no feature this session does not handle.
+// Protocol 7.31: large requests (max_pages), RENAME2, and no feature this session does not handle. The
+// kernel speaks the older of its version and this one; every request and reply used here has had its
+// layout since 7.12 (Linux 2.6.31).
 export const KERNEL_MAJOR = 7
 export const KERNEL_MINOR = 31
+const OLDEST_KERNEL_MINOR = 12
 const IN_HEADER = 40
 const OUT_HEADER = 16
 const ENTRY_OUT = 128
@@ -657,9 +660,8 @@ export class KernelSession {
     r.fill(0, OUT_HEADER, OUT_HEADER + 64)
     r.writeUInt32LE(KERNEL_MAJOR, OUT_HEADER)
     r.writeUInt32LE(KERNEL_MINOR, OUT_HEADER + 4)
-    if (major < KERNEL_MAJOR || (major === KERNEL_MAJOR && minor < KERNEL_MINOR)) {
-      // An older kernel answers to the version it speaks; this session needs 7.31 (Linux 5.4).
-      this.log(`fuse: the kernel speaks protocol ${major}.${minor}, older than ${KERNEL_MAJOR}.${KERNEL_MINOR}`)
+    if (major < KERNEL_MAJOR || (major === KERNEL_MAJOR && minor < OLDEST_KERNEL_MINOR)) {
+      this.log(`fuse: the kernel speaks protocol ${major}.${minor}, older than ${KERNEL_MAJOR}.${OLDEST_KERNEL_MINOR}`)
       return this.replyError(unique, EINVAL)
     }
     if (major > KERNEL_MAJOR) {
@@ -676,7 +678,8 @@ export class KernelSession {
     r.writeUInt32LE(1, OUT_HEADER + 24) // time_gran: nanoseconds
     r.writeUInt16LE(MAX_REQUEST_DATA / PAGE, OUT_HEADER + 28)
     this.initialized = true
-    this.send(unique, 0, r, OUT_HEADER + 64)
+    // Kernels before 7.23 take the reply of 7.22 (24 bytes) and refuse a longer one.
+    this.send(unique, 0, r, OUT_HEADER + (minor < 23 ? 24 : 64))
   }
 
   get ready (): boolean {
