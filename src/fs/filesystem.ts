@@ -838,7 +838,10 @@ export class Filesystem {
       const to = Math.min(pos + len, bStart + CS)
       jobs.push(this.readBlockInto(ino, blk, buf, from - pos, from - bStart, to - from))
     }
-    await Promise.all(jobs)
+    // Every job ends before the read does, also when one fails: buf goes back to the FUSE layer then, which
+    // reuses it for other requests.
+    const failed = (await Promise.allSettled(jobs)).find(r => r.status === 'rejected')
+    if (failed) throw (failed as PromiseRejectedResult).reason
     if (this.lastReadEnd.get(ino) === pos) this.readAhead(ino, last + 1, inode.size)
     this.lastReadEnd.set(ino, pos + len)
     return len
