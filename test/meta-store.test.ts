@@ -183,3 +183,20 @@ test('a round of the thread that outlasts the wait costs one wait, not one per c
   t.alike(again.kvGet(`k${n + 19 + more}`), Buffer.alloc(4 * PAGE, (n + 19 + more) & 0xff), 'everything committed reads back')
   again.close()
 })
+
+test('inode numbers are not given again while the store is open, also after the highest is deleted', async t => {
+  const file = fresh(t)
+  const attrs = { mode: 0o100644, uid: 0, gid: 0, nlink: 1, size: 0, atime: 0, mtime: 0, ctime: 0, rdev: 0, target: null, parent: 0 }
+  let meta = new MetaStore(file)
+  const a = meta.tx(() => meta.createInode(attrs))
+  const b = meta.tx(() => meta.createInode(attrs))
+  t.is(b, a + 1)
+  meta.tx(() => meta.deleteInode(b))
+  const c = meta.tx(() => meta.createInode(attrs))
+  t.is(c, b + 1, 'the deleted highest number is passed over')
+  meta.close()
+  // A new store (a new mount: the kernel holds nothing of the old one) counts on from the highest left.
+  meta = new MetaStore(file)
+  t.is(meta.tx(() => meta.createInode(attrs)), c + 1)
+  meta.close()
+})

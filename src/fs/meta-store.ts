@@ -89,6 +89,7 @@ export class MetaStore {
   private readonly runTx: (fn: () => unknown) => unknown
   private readonly st: Record<string, Database.Statement>
   private readonly inodeCache = new Map<number, Inode>()
+  private nextIno = 0
   private checkpointer: Worker | null = null
   private ckptLock: Int32Array | null = null
   private walFd: number | null = null
@@ -120,7 +121,8 @@ export class MetaStore {
     this.st = {
       getInode: p('SELECT * FROM inodes WHERE ino = ?'),
       lookup: p('SELECT ino FROM dirents WHERE parent = ? AND name = ?'),
-      insertInode: p('INSERT INTO inodes (mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, target, parent) VALUES (@mode, @uid, @gid, @nlink, @size, @atime, @mtime, @ctime, @rdev, @target, @parent)'),
+      insertInode: p('INSERT INTO inodes (ino, mode, uid, gid, nlink, size, atime, mtime, ctime, rdev, target, parent) VALUES (@ino, @mode, @uid, @gid, @nlink, @size, @atime, @mtime, @ctime, @rdev, @target, @parent)'),
+      maxIno: p('SELECT max(ino) AS m FROM inodes'),
       updateInode: p('UPDATE inodes SET mode = @mode, uid = @uid, gid = @gid, nlink = @nlink, size = @size, atime = @atime, mtime = @mtime, ctime = @ctime, parent = @parent WHERE ino = @ino'),
       deleteInode: p('DELETE FROM inodes WHERE ino = ?'),
       addDirent: p('INSERT INTO dirents (parent, name, ino) VALUES (?, ?, ?)'),
@@ -333,8 +335,13 @@ export class MetaStore {
     return (this.st.lookup.get(parent, name) as Row | undefined)?.ino as number | undefined
   }
 
+  // Inode numbers count up from the highest in the store when it was opened and are not given again while
+  // it is open, also when the highest inode is deleted (SQLite would give its rowid again): the kernel may
+  // still hold a deleted file's inode, and its cached pages, under that number.
   createInode (attrs: Omit<Inode, 'ino'>): number {
-    const ino = Number(this.st.insertInode.run(attrs).lastInsertRowid)
+    if (this.nextIno === 0) this.nextIno = ((this.st.maxIno.get() as { m: number | null }).m ?? 0) + 1
+    const ino = this.nextIno++
+    this.st.insertInode.run({ ...attrs, ino })
     // Cached as a read of the row gives it: the attributes the create answers with come from here.
     this.cacheInode({
       ino,

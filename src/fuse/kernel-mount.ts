@@ -3,7 +3,7 @@
 // as on any Linux filesystem, and an open file whose last name is gone is simply an inode without a name.
 import { KernelSession, SETATTR, FOPEN_KEEP_CACHE, type Caller, type DirEntry, type KernelOps } from './kernel.js'
 import { kernelIo } from './libfuse.js'
-import { CoopError } from '../errors.js'
+import { CoopError, fsErr } from '../errors.js'
 import type { Filesystem, Owner } from '../fs/filesystem.js'
 import type { Mounted, MountOptions } from './mount.js'
 
@@ -12,6 +12,8 @@ const READDIR_BATCH = 256
 // Open files whose size and modification time are remembered, to keep the kernel's cached pages of a file
 // that did not change since it was last opened (libfuse's auto_cache).
 const CACHE_SEEN_ENTRIES = 100_000
+// Linux asks for this attribute before every write; while no file has one, the answer needs no query.
+const CAPABILITY_XATTR = 'security.capability'
 
 export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const io = kernelIo()
@@ -20,6 +22,7 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
   const listings = new Map<number, DirEntry[]>()
   let nextListing = 1
   const cacheSeen = new Map<number, string>()
+  let capabilities = fs.anyHasXattr(CAPABILITY_XATTR)
 
   const ops: KernelOps = {
     lookup: (_c, parent, name) => fs.attrOf(fs.lookupAt(parent, name)),
@@ -68,8 +71,14 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
     release: fh => fs.release(fh),
     fsync: fh => fs.fsync(fh),
     flush: fh => fs.flush(fh),
-    setxattr: (_c, ino, name, value, flags) => fs.setxattrIno(ino, name, value, flags),
-    getxattr: (_c, ino, name) => fs.getxattrIno(ino, name),
+    setxattr: (_c, ino, name, value, flags) => {
+      if (name === CAPABILITY_XATTR) capabilities = true
+      fs.setxattrIno(ino, name, value, flags)
+    },
+    getxattr: (_c, ino, name) => {
+      if (name === CAPABILITY_XATTR && !capabilities) throw fsErr('ENODATA')
+      return fs.getxattrIno(ino, name)
+    },
     listxattr: (_c, ino) => fs.listxattrIno(ino),
     removexattr: (_c, ino, name) => fs.removexattrIno(ino, name),
     // A listing is read from the store when the directory is opened and served from there, so offsets stay
