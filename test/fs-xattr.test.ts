@@ -359,9 +359,10 @@ test('extended attributes survive sync, unmount and mount', async t => {
   t.alike(res[3], ['ok', hex('D')])
 })
 
-// Linux asks for security.capability before every write and removes it when present (file_remove_privs);
-// the preload addon answers that question itself while no file has the attribute (native/preload.c), so
-// these check that it stops as soon as one is stored, and that a remount knows of stored ones.
+// Linux removes security.capability when a file is written (file_remove_privs). Through fuse-native the
+// kernel asks for it before every write and the preload addon answers while no file has one
+// (native/preload.c); the kernel session takes the removal on itself (handle_killpriv_v2), so these check
+// that it happens as soon as one is stored, and that a remount knows of stored ones.
 test('a write removes security.capability, as on any Linux filesystem, also after a remount', { skip: process.getuid?.() !== 0 }, async t => {
   const s = await mounted(t)
   const a = path.join(s.mnt, 'a')
@@ -384,4 +385,33 @@ test('a write removes security.capability, as on any Linux filesystem, also afte
   fs.appendFileSync(a, 'more')
   t.is(fs.readFileSync(b, 'utf8'), 'bmoremore')
   t.is(fs.readFileSync(a, 'utf8'), 'amore')
+})
+
+// With handle_killpriv_v2 (the kernel session) the filesystem, not the kernel, drops privileges on
+// truncate and chown, as Linux does: capabilities on any truncate or chown, set-user-ID on a chown and on a
+// truncate by a caller without CAP_FSETID, set-group-ID with them when the group may execute the file.
+test('truncate and chown drop security.capability and set-user-ID, as on Linux', { skip: process.getuid?.() !== 0 }, async t => {
+  const s = await mounted(t)
+  const m = (p: string): string => path.join(s.mnt, p)
+  const caps = Buffer.from('AQAAAgAEAAAAAAAAAAAAAAAAAAA=', 'base64').toString('hex')
+  for (const f of ['t', 'c', 'u']) fs.writeFileSync(m(f), 'data')
+  t.alike(await one('set', m('t'), 'security.capability', caps), ['ok', null])
+  fs.truncateSync(m('t'), 2)
+  t.alike(await one('get', m('t'), 'security.capability'), ['ENODATA'], 'a truncate removed the capabilities')
+  t.alike(await one('set', m('c'), 'security.capability', caps), ['ok', null])
+  fs.chmodSync(m('c'), 0o6755)
+  fs.chownSync(m('c'), 1, 1)
+  t.alike(await one('get', m('c'), 'security.capability'), ['ENODATA'], 'a chown removed the capabilities')
+  t.is(fs.statSync(m('c')).mode & 0o7777, 0o755, 'and set-user-ID and set-group-ID')
+  // Root truncating keeps the bits (CAP_FSETID); another user writing through a descriptor opened with
+  // O_TRUNC does not.
+  fs.chmodSync(m('u'), 0o6777)
+  fs.truncateSync(m('u'), 1)
+  t.is(fs.statSync(m('u')).mode & 0o7777, 0o6777, 'root truncating keeps set-user-ID')
+  fs.chmodSync(s.mnt, 0o777)
+  // From inside the mount: the test's own folders above it are closed to other users.
+  const r = await sh(`cd '${s.mnt}' && setpriv --reuid=65534 --regid=65534 --clear-groups truncate -s 0 u`)
+  t.is(r.code, 0, r.stderr)
+  t.is(fs.statSync(m('u')).mode & 0o7777, 0o0777, 'another user truncating drops set-user-ID and set-group-ID')
+  await unmount(s.mnt)
 })

@@ -14,6 +14,10 @@ const READDIR_BATCH = 256
 const CACHE_SEEN_ENTRIES = 100_000
 // Linux asks for this attribute before every write; while no file has one, the answer needs no query.
 const CAPABILITY_XATTR = 'security.capability'
+const S_ISUID = 0o4000
+const S_ISGID = 0o2000
+const S_IXGRP = 0o010
+const isDir = (mode: number): boolean => (mode & 0o170000) === 0o040000
 
 export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: MountOptions): Promise<Mounted> {
   const io = kernelIo()
@@ -23,6 +27,23 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
   let nextListing = 1
   const cacheSeen = new Map<number, string>()
   let capabilities = fs.anyHasXattr(CAPABILITY_XATTR)
+  // The session takes on the kernel's part in dropping privileges (handle_killpriv_v2, src/fuse/kernel.ts).
+  const dropCapability = (ino: number): void => {
+    if (!capabilities) return
+    try {
+      fs.getxattrIno(ino, CAPABILITY_XATTR)
+    } catch {
+      return
+    }
+    fs.removexattrIno(ino, CAPABILITY_XATTR)
+  }
+  const dropPrivileges = (ino: number): void => {
+    const mode = fs.attrOf(ino).mode & 0o7777
+    let kept = mode & ~S_ISUID
+    if ((kept & (S_ISGID | S_IXGRP)) === (S_ISGID | S_IXGRP)) kept &= ~S_ISGID
+    if (kept !== mode) fs.chmodIno(ino, kept)
+    dropCapability(ino)
+  }
 
   const ops: KernelOps = {
     lookup: (_c, parent, name) => fs.attrOf(fs.lookupAt(parent, name)),
@@ -31,6 +52,15 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
       if (s.valid & SETATTR.MODE) fs.chmodIno(ino, s.mode)
       if (s.valid & (SETATTR.UID | SETATTR.GID)) {
         fs.chownIno(ino, (s.valid & SETATTR.UID) !== 0 ? s.uid : -1, (s.valid & SETATTR.GID) !== 0 ? s.gid : -1)
+        // As Linux does for any caller: a file changing hands loses set-user-ID, set-group-ID when the
+        // group may execute it, and its capabilities.
+        if (!isDir(fs.attrOf(ino).mode)) dropPrivileges(ino)
+      }
+      // A truncate by a caller without CAP_FSETID drops the bits too (the kernel says so); capabilities go
+      // with any change of size.
+      if (s.valid & SETATTR.SIZE) {
+        if (s.valid & SETATTR.KILL_SUIDGID) dropPrivileges(ino)
+        else dropCapability(ino)
       }
       const times = (): ReturnType<Filesystem['attrOf']> => {
         if (s.valid & (SETATTR.ATIME | SETATTR.MTIME)) {
@@ -66,7 +96,11 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
       return { fh, flags: keep ? FOPEN_KEEP_CACHE : 0 }
     },
     read: (fh, _ino, buf, pos) => fs.read(fh, buf, buf.length, pos),
-    write: (fh, _ino, data, pos) => fs.write(fh, data, data.length, pos),
+    // The filesystem drops set-user-ID and set-group-ID on every write itself.
+    write: (fh, ino, data, pos) => {
+      dropCapability(ino)
+      return fs.write(fh, data, data.length, pos)
+    },
     statfs: () => fs.statfs(),
     release: fh => fs.release(fh),
     fsync: fh => fs.fsync(fh),

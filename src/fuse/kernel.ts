@@ -6,11 +6,11 @@
 // protocol version, what INIT offers, and why this layer.
 import { errnoOf } from './errno.js'
 
-// Protocol 7.31: large requests (max_pages), RENAME2, and no feature this session does not handle. The
-// kernel speaks the older of its version and this one; every request and reply used here has had its
-// layout since 7.12 (Linux 2.6.31).
+// Protocol 7.33: large requests (max_pages), RENAME2, privileges dropped by the filesystem
+// (handle_killpriv_v2), and no feature this session does not handle. The kernel speaks the older of its
+// version and this one; every request and reply used here has had its layout since 7.12 (Linux 2.6.31).
 export const KERNEL_MAJOR = 7
-export const KERNEL_MINOR = 31
+export const KERNEL_MINOR = 33
 const OLDEST_KERNEL_MINOR = 12
 const IN_HEADER = 40
 const OUT_HEADER = 16
@@ -82,6 +82,9 @@ export const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entrie
 const INIT_ASYNC_READ = 1 << 0
 const INIT_BIG_WRITES = 1 << 5
 const INIT_MAX_PAGES = 1 << 22
+// The filesystem drops set-user-ID, set-group-ID and security.capability on write, truncate and chown,
+// so the kernel no longer asks for security.capability before every write.
+const INIT_HANDLE_KILLPRIV_V2 = 1 << 28
 
 // SETATTR's valid bits.
 export const SETATTR = {
@@ -94,7 +97,9 @@ export const SETATTR = {
   FH: 1 << 6,
   ATIME_NOW: 1 << 7,
   MTIME_NOW: 1 << 8,
-  CTIME: 1 << 10
+  CTIME: 1 << 10,
+  // With handle_killpriv_v2: a truncate by a caller without CAP_FSETID.
+  KILL_SUIDGID: 1 << 11
 } as const
 
 // OPEN's reply flags.
@@ -698,7 +703,7 @@ export class KernelSession {
       // The kernel asks again with the major version given here.
       return this.send(unique, 0, r, OUT_HEADER + 8)
     }
-    const flags = offered & (INIT_ASYNC_READ | INIT_BIG_WRITES | INIT_MAX_PAGES)
+    const flags = offered & (INIT_ASYNC_READ | INIT_BIG_WRITES | INIT_MAX_PAGES | INIT_HANDLE_KILLPRIV_V2)
     r.writeUInt32LE(readahead, OUT_HEADER + 8)
     r.writeUInt32LE(flags, OUT_HEADER + 12)
     r.writeUInt16LE(12, OUT_HEADER + 16) // max_background, libfuse's default
