@@ -1128,16 +1128,19 @@ static napi_value kernel_mount_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// The callback may unwatch (the connection went), which clears poll_env: the scope is closed with the
+// env it was opened with.
 static void fuse_readable (uv_poll_t *handle, int status, int events) {
   (void) handle; (void) status; (void) events;
+  napi_env env = poll_env;
   napi_handle_scope scope;
   napi_value callback, global;
-  if (poll_env == NULL || napi_open_handle_scope(poll_env, &scope) != napi_ok) return;
-  if (napi_get_reference_value(poll_env, poll_callback, &callback) == napi_ok && callback != NULL &&
-      napi_get_global(poll_env, &global) == napi_ok) {
-    napi_make_callback(poll_env, NULL, global, callback, 0, NULL, NULL);
+  if (env == NULL || poll_callback == NULL || napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(env, poll_callback, &callback) == napi_ok && callback != NULL &&
+      napi_get_global(env, &global) == napi_ok) {
+    napi_make_callback(env, NULL, global, callback, 0, NULL, NULL);
   }
-  napi_close_handle_scope(poll_env, scope);
+  napi_close_handle_scope(env, scope);
 }
 
 static napi_value watch_fuse_js (napi_env env, napi_callback_info info) {
@@ -1152,6 +1155,7 @@ static napi_value watch_fuse_js (napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "watchFuse(fd, onReadable) needs a descriptor and a function");
     return NULL;
   }
+  // fuse_polling stays set until the handle of an earlier watch has closed (uv_close completes later).
   if (fuse_polling) {
     napi_throw_error(env, "EBUSY", "watchFuse: a descriptor is watched already");
     return NULL;
@@ -1160,21 +1164,31 @@ static napi_value watch_fuse_js (napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "watchFuse: cannot watch the descriptor");
     return NULL;
   }
+  if (uv_poll_start(&fuse_poll, UV_READABLE, fuse_readable) != 0) {
+    uv_close((uv_handle_t *) &fuse_poll, NULL);
+    napi_throw_error(env, NULL, "watchFuse: cannot watch the descriptor");
+    return NULL;
+  }
   poll_env = env;
   napi_create_reference(env, argv[1], 1, &poll_callback);
-  uv_poll_start(&fuse_poll, UV_READABLE, fuse_readable);
   fuse_polling = 1;
   return NULL;
 }
 
-static void fuse_poll_closed (uv_handle_t *handle) { (void) handle; }
+static int fuse_poll_closing = 0;
+
+static void fuse_poll_closed (uv_handle_t *handle) {
+  (void) handle;
+  fuse_poll_closing = 0;
+  fuse_polling = 0;
+}
 
 static napi_value unwatch_fuse_js (napi_env env, napi_callback_info info) {
   (void) info;
-  if (!fuse_polling) return NULL;
+  if (!fuse_polling || fuse_poll_closing) return NULL;
   uv_poll_stop(&fuse_poll);
+  fuse_poll_closing = 1;
   uv_close((uv_handle_t *) &fuse_poll, fuse_poll_closed);
-  fuse_polling = 0;
   if (poll_callback) napi_delete_reference(env, poll_callback);
   poll_callback = NULL;
   poll_env = NULL;
@@ -1209,6 +1223,15 @@ static napi_value fuse_read_js (napi_env env, napi_callback_info info) {
   return result;
 }
 
+// pageSize(): the system's page size, in which the kernel counts max_pages.
+static napi_value page_size_js (napi_env env, napi_callback_info info) {
+  (void) info;
+  napi_value result;
+  long size = sysconf(_SC_PAGESIZE);
+  napi_create_double(env, size > 0 ? (double) size : 4096.0, &result);
+  return result;
+}
+
 static napi_value fuse_write_js (napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
@@ -1229,6 +1252,7 @@ static napi_value init (napi_env env, napi_value exports) {
     { "unwatchFuse", unwatch_fuse_js },
     { "fuseRead", fuse_read_js },
     { "fuseWrite", fuse_write_js },
+    { "pageSize", page_size_js },
     { "noteCreated", note_created_js },
     { "answered", answered_js },
     { "siblingsDropped", siblings_dropped_js },

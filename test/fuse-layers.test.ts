@@ -6,7 +6,7 @@ import test from 'brittle'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { init, mount, unmount, status } from './helpers.js'
+import { init, mount, unmount, status, run } from './helpers.js'
 
 const DATA = crypto.randomBytes(300_000)
 
@@ -81,5 +81,44 @@ test('without COOPFS_FUSE_LAYER the kernel session serves the mount', async t =>
   delete env.COOPFS_FUSE_LAYER
   await mount(s, [], env)
   t.is((await status(s.home)).fuse?.layer, 'kernel')
+  await unmount(s.mnt)
+})
+
+// POSIX: rewinddir makes later reads see the directory as it is now; a listing loop that removes what it
+// reads must come to an end.
+test('rewinddir reads the directory anew, on both layers', async t => {
+  for (const layer of ['kernel', 'fuse-native']) {
+    const s = await init(t, { slots: 512 })
+    await mount(s, [], { ...process.env, COOPFS_FUSE_LAYER: layer })
+    const d = path.join(s.mnt, 'd')
+    fs.mkdirSync(d)
+    for (let i = 0; i < 5; i++) fs.writeFileSync(path.join(d, `old${i}`), 'x')
+    const script = `opendir(my $d, $ARGV[0]) or die; my @first = grep { !/^\\./ } readdir($d);
+      unlink("$ARGV[0]/$_") for @first; open(my $f, '>', "$ARGV[0]/new") or die; close $f;
+      rewinddir($d); my @second = grep { !/^\\./ } readdir($d); print join(',', sort @first), ' | ', join(',', sort @second)`
+    const r = await run('perl', ['-e', script, d])
+    t.is(r.stdout, 'old0,old1,old2,old3,old4 | new', `${layer}: after rewinddir only the new name (${r.stderr.trim()})`)
+    await unmount(s.mnt)
+  }
+})
+
+// Times the kernel's fields hold but a millisecond count cannot (2^47 s and beyond): the daemon answers
+// with the nearest it can, and goes on serving.
+test('a time far in the future is kept as near as it can be, and the mount goes on', async t => {
+  const s = await init(t, { slots: 512 })
+  await mount(s)
+  const f = path.join(s.mnt, 'f')
+  fs.writeFileSync(f, 'x')
+  const r = await run('python3', ['-c', `import os, sys
+os.utime(sys.argv[1], ns=(140737488355330_999000000, 2**62 * 10**9))
+st = os.stat(sys.argv[1])
+print(st.st_atime_ns // 10**9, st.st_mtime_ns // 10**9 > 2**61)`, f])
+  t.is(r.code, 0, r.stderr)
+  const [atime, farMtime] = r.stdout.trim().split(' ')
+  t.ok(Math.abs(Number(atime) - 140737488355330) <= 1, `2^47 s + 2.999 reads back as ${atime} s`)
+  t.is(farMtime, 'True', '2^62 s reads back beyond 2^61 s')
+  t.is(fs.readFileSync(f, 'utf8'), 'x', 'and the mount still serves')
+  fs.writeFileSync(path.join(s.mnt, 'g'), 'y')
+  t.is(fs.readFileSync(path.join(s.mnt, 'g'), 'utf8'), 'y')
   await unmount(s.mnt)
 })

@@ -1,7 +1,7 @@
 // The filesystem served through the kernel session (src/fuse/kernel.ts): requests by inode number,
 // answered on the main thread. One kernel inode per file, so hard links share attributes and cached data
 // as on any Linux filesystem, and an open file whose last name is gone is simply an inode without a name.
-import { KernelSession, SETATTR, FOPEN_KEEP_CACHE, type Caller, type DirEntry, type KernelOps } from './kernel.js'
+import { KernelSession, MAX_REQUEST_DATA, SETATTR, FOPEN_KEEP_CACHE, type Caller, type DirEntry, type KernelOps } from './kernel.js'
 import { kernelIo } from './libfuse.js'
 import { CoopError, fsErr } from '../errors.js'
 import type { Filesystem, Owner } from '../fs/filesystem.js'
@@ -23,7 +23,14 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
   const io = kernelIo()
   if (!io) throw new CoopError('ENOFUSE', 'the coopfs_preload addon is not built (run npm install again): it is needed to answer the kernel on the main thread')
   const owner = (c: Caller): Owner => ({ uid: c.uid, gid: c.gid })
-  const listings = new Map<number, DirEntry[]>()
+  // Open directories: their listing, and whether any of it was served (a read from offset 0 after that is
+  // a rewinddir, which reads the directory anew, as POSIX asks).
+  const listings = new Map<number, { ino: number, entries: DirEntry[], served: boolean }>()
+  const listing = (ino: number): DirEntry[] => {
+    const entries: DirEntry[] = [{ ino, name: '.', mode: 0o040000 }, { ino: fs.parentDir(ino), name: '..', mode: 0o040000 }]
+    for (const e of fs.listDir(ino)) entries.push({ ino: e.ino, name: e.name, mode: 0 })
+    return entries
+  }
   let nextListing = 1
   const cacheSeen = new Map<number, string>()
   let capabilities = fs.anyHasXattr(CAPABILITY_XATTR)
@@ -118,15 +125,20 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
     // A listing is read from the store when the directory is opened and served from there, so offsets stay
     // valid while names come and go (as libfuse does).
     opendir: (_c, ino) => {
-      const entries: DirEntry[] = [{ ino, name: '.', mode: 0o040000 }, { ino: fs.parentDir(ino), name: '..', mode: 0o040000 }]
-      for (const e of fs.listDir(ino)) entries.push({ ino: e.ino, name: e.name, mode: 0 })
+      const entries = listing(ino)
       let fh = nextListing
       while (listings.has(fh)) fh = fh >= 0x7fffffff ? 1 : fh + 1
       nextListing = fh >= 0x7fffffff ? 1 : fh + 1
-      listings.set(fh, entries)
+      listings.set(fh, { ino, entries, served: false })
       return { fh }
     },
-    readdir: (fh, _ino, offset) => (listings.get(fh) ?? []).slice(offset, offset + READDIR_BATCH),
+    readdir: (fh, _ino, offset) => {
+      const open = listings.get(fh)
+      if (!open) return []
+      if (offset === 0 && open.served) open.entries = listing(open.ino)
+      open.served = true
+      return open.entries.slice(offset, offset + READDIR_BATCH)
+    },
     releasedir: fh => { listings.delete(fh) },
     access: (_c, ino) => { fs.attrOf(ino) },
     create: (c, parent, name, mode, flags) => {
@@ -139,6 +151,8 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
 
   const options = [
     `fsname=${fsname.replace(/[,\\]/g, '\\$&')}`,
+    // Reads no larger than the session's buffers, whatever the page size.
+    `max_read=${MAX_REQUEST_DATA}`,
     'subtype=coopfs',
     'auto_unmount',
     'default_permissions',
@@ -147,7 +161,7 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
   const fd = io.kernelMount(mountpoint, options)
   let gone: () => void = () => {}
   const ended = new Promise<void>(resolve => { gone = resolve })
-  const session = new KernelSession(fd, ops, io, { log, onGone: () => gone() })
+  const session = new KernelSession(fd, ops, io, { log, onGone: () => gone(), pageSize: io.pageSize?.() })
   session.start()
   const finish = async (): Promise<void> => {
     await session.settle()

@@ -4,6 +4,7 @@
 // operations as inode numbers and names, and answered as soon as the operation's value (or promise)
 // settles: no thread hand-over on the way in or out. docs/DESIGN-NOTES.md ("The FUSE layers") gives the
 // protocol version, what INIT offers, and why this layer.
+import { closeSync } from 'node:fs'
 import { errnoOf } from './errno.js'
 
 // Protocol 7.33: large requests (max_pages), RENAME2, privileges dropped by the filesystem
@@ -28,8 +29,9 @@ const REQUESTS_PER_TURN = 64
 // into, and a large read is answered from one, without a copy and without fresh pages for each (a fresh
 // megabyte costs its page faults on every request: writing through a copy ran at half the rate).
 const SPARE_BUFFERS = 8
-// Reads up to this size get a buffer of their own.
+// Reads up to this size get a buffer of their own, and writes up to this size a copy of their data.
 const SMALL_READ = 64 * 1024
+const SMALL_WRITE = 64 * 1024
 
 const EAGAIN = 11
 const ENOENT = 2
@@ -218,12 +220,15 @@ export interface SessionOptions {
   log?: (line: string) => void
   // Called once the kernel let go of the connection (unmounted).
   onGone?: () => void
+  // The system's page size: max_pages counts pages of it (4096 when not given).
+  pageSize?: number
 }
 
 export class KernelSession {
   private inBuf: Buffer = Buffer.allocUnsafeSlow(IN_BUFFER)
   private readonly spare: Buffer[] = []
   private out = Buffer.allocUnsafe(PAGE)
+  private readonly pageSize: number
   private readonly entryValid: number
   private readonly attrValid: number
   private readonly log: (line: string) => void
@@ -237,6 +242,7 @@ export class KernelSession {
   private maxWrite = 0
 
   constructor (private readonly fd: number, private readonly ops: KernelOps, private readonly io: AddonIo, opts: SessionOptions = {}) {
+    this.pageSize = opts.pageSize ?? PAGE
     this.entryValid = opts.entryTimeout ?? 1
     this.attrValid = opts.attrTimeout ?? 1
     this.log = opts.log ?? (() => {})
@@ -277,14 +283,25 @@ export class KernelSession {
         this.log(`fuse: reading a request failed (errno ${-n})`)
         return this.lost()
       }
-      this.dispatch(n)
+      try {
+        this.dispatch(n)
+      } catch (err) {
+        // A request this session could not take apart or answer: the caller gets EIO, the log says why.
+        this.log(`fuse: request ${OP_NAMES[this.inBuf.readUInt32LE(4)] ?? this.inBuf.readUInt32LE(4)} failed: ${(err as Error)?.message ?? String(err)}`)
+        if (n >= IN_HEADER) this.replyError(this.inBuf.readBigUInt64LE(8), 5)
+      }
     }
   }
 
+  // The kernel let go (or the descriptor failed): no more requests, and the descriptor is closed, so that
+  // a connection still alive fails at once instead of waiting for answers that will not come.
   private lost (): void {
     if (this.gone) return
     this.gone = true
     this.stop()
+    try {
+      closeSync(this.fd)
+    } catch {}
     this.onGone()
   }
 
@@ -399,6 +416,10 @@ export class KernelSession {
     }, err => {
       this.settled(name)
       if (!this.gone) this.fail(unique, name, err)
+    }).catch(err => {
+      // The answer itself failed (a value the reply cannot carry): EIO, and the log says why.
+      this.log(`fuse: answering ${name} failed: ${(err as Error)?.message ?? String(err)}`)
+      if (!this.gone) this.replyError(unique, 5)
     }).finally(() => this.running.delete(done))
     this.running.add(done)
     return done
@@ -538,13 +559,15 @@ export class KernelSession {
         const size = b.readUInt32LE(IN_HEADER + 16)
         const start = IN_HEADER + 40
         if (start + size > len) return this.replyError(unique, EINVAL)
-        const done = this.run(unique, 'write', () => ops.write!(fh, node, b.subarray(start, start + size), pos), n => {
+        // A small write gets a copy of its own; a large one keeps its place in the request buffer.
+        const data = size <= SMALL_WRITE ? Buffer.from(b.subarray(start, start + size)) : b.subarray(start, start + size)
+        const done = this.run(unique, 'write', () => ops.write!(fh, node, data, pos), n => {
           const r = this.room(OUT_HEADER + 8)
           r.writeUInt32LE(n, OUT_HEADER)
           r.writeUInt32LE(0, OUT_HEADER + 4)
           this.send(unique, 0, r, OUT_HEADER + 8)
         })
-        if (done) {
+        if (done && size > SMALL_WRITE) {
           // The data stays where it is until the write is over; the next request goes to another buffer.
           this.inBuf = this.takeBuffer()
           void done.then(() => this.giveBack(b))
@@ -711,7 +734,7 @@ export class KernelSession {
     this.maxWrite = (flags & INIT_MAX_PAGES) !== 0 ? MAX_REQUEST_DATA : 128 * 1024
     r.writeUInt32LE(this.maxWrite, OUT_HEADER + 20)
     r.writeUInt32LE(1, OUT_HEADER + 24) // time_gran: nanoseconds
-    r.writeUInt16LE(MAX_REQUEST_DATA / PAGE, OUT_HEADER + 28)
+    r.writeUInt16LE(Math.max(1, Math.floor(MAX_REQUEST_DATA / this.pageSize)), OUT_HEADER + 28)
     this.initialized = true
     // Kernels before 7.23 take the reply of 7.22 (24 bytes) and refuse a longer one.
     this.send(unique, 0, r, OUT_HEADER + (minor < 23 ? 24 : 64))
@@ -732,10 +755,24 @@ function timeOf (b: Buffer, secAt: number, nsecAt: number): number {
   return Number(b.readBigInt64LE(secAt)) * 1000 + Math.floor(b.readUInt32LE(nsecAt) / 1e6)
 }
 
+const MAX_SECONDS = 2n ** 63n - 1n
+const MIN_SECONDS = -(2n ** 63n)
+
+// Any stored time, however far out (setattr takes 64-bit seconds), is sent as the nearest one the
+// kernel's fields hold; past 2^53 ms a number has no sub-second part left.
 function putTime (b: Buffer, secAt: number, nsecAt: number, ms: number): void {
-  const sec = Math.floor(ms / 1000)
-  b.writeBigInt64LE(BigInt(sec), secAt)
-  b.writeUInt32LE(Math.round((ms - sec * 1000) * 1e6) % 1e9, nsecAt)
+  let sec = 0
+  let nsec = 0
+  if (Number.isFinite(ms)) {
+    sec = Math.floor(ms / 1000)
+    nsec = Math.round((ms - sec * 1000) * 1e6)
+    if (!(nsec >= 0 && nsec < 1e9)) nsec = 0
+  }
+  let s = BigInt(sec)
+  if (s > MAX_SECONDS) s = MAX_SECONDS
+  else if (s < MIN_SECONDS) s = MIN_SECONDS
+  b.writeBigInt64LE(s, secAt)
+  b.writeUInt32LE(nsec, nsecAt)
 }
 
 function putValid (b: Buffer, secAt: number, nsecAt: number, seconds: number): void {

@@ -29,6 +29,7 @@ interface Preload {
   unwatchFuse?: () => void
   fuseRead?: (fd: number, buf: Buffer) => number
   fuseWrite?: (fd: number, buf: Buffer, len: number) => number
+  pageSize?: () => number
 }
 
 // Requests the addon answered without the daemon since the mount (see native/preload.c).
@@ -205,11 +206,12 @@ export interface KernelIo {
   unwatchFuse: () => void
   fuseRead: (fd: number, buf: Buffer) => number
   fuseWrite: (fd: number, buf: Buffer, len: number) => number
+  pageSize?: () => number
 }
 
 export function kernelIo (): KernelIo | null {
   loadFuse() // libfuse.so.2 loaded (the bundled one when the system has none) and fusermount on PATH
   const p = preloaded
   if (!p?.kernelMount || !p.watchFuse || !p.unwatchFuse || !p.fuseRead || !p.fuseWrite) return null
-  return { kernelMount: p.kernelMount, watchFuse: p.watchFuse, unwatchFuse: p.unwatchFuse, fuseRead: p.fuseRead, fuseWrite: p.fuseWrite }
+  return { kernelMount: p.kernelMount, watchFuse: p.watchFuse, unwatchFuse: p.unwatchFuse, fuseRead: p.fuseRead, fuseWrite: p.fuseWrite, pageSize: p.pageSize }
 }
