@@ -1211,16 +1211,25 @@ static int fd_and_buffer (napi_env env, napi_callback_info info, int32_t *fd, vo
   return 1;
 }
 
-static napi_value fuse_read_js (napi_env env, napi_callback_info info) {
+// read(2) or write(2) of the (fd, buffer[, length]) arguments, -errno on failure.
+static napi_value fd_io (napi_env env, napi_callback_info info, int writing, const char *usage) {
   int32_t fd;
   void *data;
   size_t len;
-  if (!fd_and_buffer(env, info, &fd, &data, &len, "fuseRead(fd, buffer) needs a descriptor and a Buffer")) return NULL;
+  if (!fd_and_buffer(env, info, &fd, &data, &len, usage)) return NULL;
   ssize_t n;
-  do n = read(fd, data, len); while (n < 0 && errno == EINTR);
+  do n = writing ? write(fd, data, len) : read(fd, data, len); while (n < 0 && errno == EINTR);
   napi_value result;
   napi_create_int32(env, n < 0 ? -errno : (int32_t) n, &result);
   return result;
+}
+
+static napi_value fuse_read_js (napi_env env, napi_callback_info info) {
+  return fd_io(env, info, 0, "fuseRead(fd, buffer) needs a descriptor and a Buffer");
+}
+
+static napi_value fuse_write_js (napi_env env, napi_callback_info info) {
+  return fd_io(env, info, 1, "fuseWrite(fd, buffer, length) needs a descriptor, a Buffer and a length");
 }
 
 // pageSize(): the system's page size, in which the kernel counts max_pages.
@@ -1229,18 +1238,6 @@ static napi_value page_size_js (napi_env env, napi_callback_info info) {
   napi_value result;
   long size = sysconf(_SC_PAGESIZE);
   napi_create_double(env, size > 0 ? (double) size : 4096.0, &result);
-  return result;
-}
-
-static napi_value fuse_write_js (napi_env env, napi_callback_info info) {
-  int32_t fd;
-  void *data;
-  size_t len;
-  if (!fd_and_buffer(env, info, &fd, &data, &len, "fuseWrite(fd, buffer, length) needs a descriptor, a Buffer and a length")) return NULL;
-  ssize_t n;
-  do n = write(fd, data, len); while (n < 0 && errno == EINTR);
-  napi_value result;
-  napi_create_int32(env, n < 0 ? -errno : (int32_t) n, &result);
   return result;
 }
 
