@@ -123,7 +123,7 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
     listxattr: (_c, ino) => fs.listxattrIno(ino),
     removexattr: (_c, ino, name) => fs.removexattrIno(ino, name),
     // A listing is read from the store when the directory is opened and served from there, so offsets stay
-    // valid while names come and go (as libfuse does).
+    // valid while names come and go; a rewinddir reads it anew (see listings).
     opendir: (_c, ino) => {
       const entries = listing(ino)
       let fh = nextListing
@@ -159,18 +159,12 @@ export async function mountKernel (fs: Filesystem, { mountpoint, fsname, log }: 
     ...(process.getuid?.() === 0 ? ['allow_other'] : [])
   ].join(',')
   const fd = io.kernelMount(mountpoint, options)
-  let gone: () => void = () => {}
-  const ended = new Promise<void>(resolve => { gone = resolve })
-  const session = new KernelSession(fd, ops, io, { log, onGone: () => gone(), pageSize: io.pageSize?.() })
+  const session = new KernelSession(fd, ops, io, { log, pageSize: io.pageSize?.() })
   session.start()
   const finish = async (): Promise<void> => {
     await session.settle()
   }
   return {
-    unmount: async () => {
-      await ended
-      await finish()
-    },
     inFlight: () => session.inFlight(),
     settle: () => session.settle(),
     finish,

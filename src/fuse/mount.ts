@@ -56,7 +56,6 @@ export interface MountOptions {
 }
 
 export interface Mounted {
-  unmount: () => Promise<void>
   // FUSE requests the daemon is working on, by operation (for the log when an unmount hangs).
   inFlight: () => Record<string, number>
   // Handles the releases the addon answered that no request took yet, and waits for them.
@@ -242,10 +241,6 @@ export async function mountFilesystem (fs: Filesystem, { mountpoint, fsname, log
     await settle()
   }
   return {
-    unmount: async () => {
-      await new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(err) : resolve()))
-      await finish()
-    },
     inFlight: () => Object.fromEntries(pending),
     settle,
     finish,
