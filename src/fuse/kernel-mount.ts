@@ -12,7 +12,7 @@ const READDIR_BATCH = 256
 // Open files whose size and modification time are remembered, to keep the kernel's cached pages of a file
 // that did not change since it was last opened (libfuse's auto_cache).
 const CACHE_SEEN_ENTRIES = 100_000
-// Linux asks for this attribute before every write; while no file has one, the answer needs no query.
+// Linux asks for this attribute before writing to a file; while no file has one, the answer needs no query.
 const CAPABILITY_XATTR = 'security.capability'
 const S_ISUID = 0o4000
 const S_ISGID = 0o2000
