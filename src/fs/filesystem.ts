@@ -281,8 +281,7 @@ export class Filesystem {
 
   // The inode a name in a directory stands for (the session answering the kernel by inode numbers).
   lookupAt (parent: number, name: string): number {
-    if (!isDir(this.inode(parent).mode)) throw fsErr('ENOTDIR')
-    if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
+    this.checkName(parent, name)
     const ino = this.meta.lookup(parent, name)
     if (ino === undefined) throw fsErr('ENOENT')
     return ino
@@ -392,12 +391,12 @@ export class Filesystem {
   // owner: the caller's user and group, when known (the session answering the kernel by inode numbers);
   // without it the daemon's own, which the preload addon changes to the caller's (fuse-native).
   private newInode (parent: number, name: string, mode: number, extra: Partial<Inode> = {}, owner?: Owner): number {
+    const p = this.checkName(parent, name)
     if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
     const now = Date.now()
     const dir = isDir(mode)
     // In a set-group-ID directory a new file takes the directory's group, and a new directory the bit too.
-    // (The owner is the daemon's; the preload addon gives the file to its caller when that is someone else.)
-    const p = this.inode(parent)
+    // (Without an owner given, the daemon's; the preload addon gives the file to its caller then.)
     const sgid = (p.mode & S_ISGID) !== 0
     const ino = this.meta.createInode({
       mode: sgid && dir ? mode | S_ISGID : mode,
@@ -425,13 +424,15 @@ export class Filesystem {
     this.mkdirAt(parent, name, mode)
   }
 
-  private checkNewName (parent: number, name: string): void {
-    if (!isDir(this.inode(parent).mode)) throw fsErr('ENOTDIR')
+  // A name in a directory, as Linux filesystems check it; returns the directory's inode.
+  private checkName (parent: number, name: string): Inode {
+    const p = this.inode(parent)
+    if (!isDir(p.mode)) throw fsErr('ENOTDIR')
     if (Buffer.byteLength(name) > MAX_NAME_BYTES) throw fsErr('ENAMETOOLONG')
+    return p
   }
 
   mkdirAt (parent: number, name: string, mode: number, owner?: Owner): number {
-    this.checkNewName(parent, name)
     const ino = this.meta.tx(() => this.newInode(parent, name, S_IFDIR | (mode & 0o7777), {}, owner))
     this.onChange()
     return ino
@@ -443,7 +444,6 @@ export class Filesystem {
   }
 
   mknodAt (parent: number, name: string, mode: number, rdev: number, owner?: Owner): number {
-    this.checkNewName(parent, name)
     const type = mode & S_IFMT
     const ino = this.meta.tx(() => this.newInode(parent, name, (type || S_IFREG) | (mode & 0o7777), { rdev }, owner))
     this.onChange()
@@ -458,7 +458,6 @@ export class Filesystem {
 
   symlinkAt (parent: number, name: string, target: string, owner?: Owner): number {
     if (Buffer.byteLength(target) > MAX_SYMLINK_BYTES) throw fsErr('ENAMETOOLONG')
-    this.checkNewName(parent, name)
     const ino = this.meta.tx(() => this.newInode(parent, name, S_IFLNK | 0o777, { target, size: Buffer.byteLength(target) }, owner))
     this.onChange()
     return ino
@@ -485,7 +484,7 @@ export class Filesystem {
     if (isDir(inode.mode)) throw fsErr('EPERM')
     // An open file whose last name is gone cannot get a name again (linkat of /proc/self/fd/N).
     if (inode.nlink === 0) throw fsErr('ENOENT')
-    this.checkNewName(parent, name)
+    this.checkName(parent, name)
     this.meta.tx(() => {
       if (this.meta.lookup(parent, name) !== undefined) throw fsErr('EEXIST')
       this.meta.addDirent(parent, name, ino)
@@ -609,7 +608,7 @@ export class Filesystem {
     const s = { parent: sParent, name: sName }
     const d = { parent: dParent, name: dName }
     const ino = this.lookupAt(s.parent, s.name)
-    this.checkNewName(d.parent, d.name)
+    this.checkName(d.parent, d.name)
     const inode = this.inode(ino)
     const dir = isDir(inode.mode)
     if (dir) {
@@ -762,7 +761,6 @@ export class Filesystem {
   }
 
   createAt (parent: number, name: string, mode: number, owner?: Owner, flags = 0): { ino: number, fh: number } {
-    this.checkNewName(parent, name)
     const ino = this.meta.tx(() => this.newInode(parent, name, S_IFREG | (mode & 0o7777), {}, owner))
     // A pause of PACK_IDLE_MS ends a run, but a new one starts no sooner than 2 x WRITE_BURST_MS after the
     // last one did: files that keep coming with pauses between them get packed at least half the time.
