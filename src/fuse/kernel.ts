@@ -238,7 +238,6 @@ export class KernelSession {
   // Requests answered asynchronously and not yet answered, by operation (for the log when a stop hangs).
   private readonly pending = new Map<string, number>()
   private readonly running = new Set<Promise<unknown>>()
-  private initialized = false
   private maxWrite = 0
 
   constructor (private readonly fd: number, private readonly ops: KernelOps, private readonly io: AddonIo, opts: SessionOptions = {}) {
@@ -269,9 +268,6 @@ export class KernelSession {
     while (this.running.size > 0) await Promise.allSettled([...this.running])
   }
 
-  get connected (): boolean {
-    return !this.gone
-  }
 
   private drain (): void {
     for (let i = 0; i < REQUESTS_PER_TURN && this.watching; i++) {
@@ -735,13 +731,8 @@ export class KernelSession {
     r.writeUInt32LE(this.maxWrite, OUT_HEADER + 20)
     r.writeUInt32LE(1, OUT_HEADER + 24) // time_gran: nanoseconds
     r.writeUInt16LE(Math.max(1, Math.floor(MAX_REQUEST_DATA / this.pageSize)), OUT_HEADER + 28)
-    this.initialized = true
     // Kernels before 7.23 take the reply of 7.22 (24 bytes) and refuse a longer one.
     this.send(unique, 0, r, OUT_HEADER + (minor < 23 ? 24 : 64))
-  }
-
-  get ready (): boolean {
-    return this.initialized
   }
 
   // The largest read or write request the kernel may send, as agreed at INIT (0 before).

@@ -11,7 +11,7 @@ const require = createRequire(import.meta.url)
 let loaded: typeof FuseClass | null = null
 let interposed = false
 
-interface Preload {
+interface Preload extends Partial<KernelIo> {
   loadGlobal: (file: string) => void
   interpose?: () => boolean
   tookOver?: () => boolean
@@ -24,12 +24,6 @@ interface Preload {
   trimMalloc?: () => boolean
   deferReleases?: (on: boolean) => void
   takeReleased?: () => number[] | null
-  kernelMount?: (mountpoint: string, options: string) => number
-  watchFuse?: (fd: number, onReadable: () => void) => void
-  unwatchFuse?: () => void
-  fuseRead?: (fd: number, buf: Buffer) => number
-  fuseWrite?: (fd: number, buf: Buffer, len: number) => number
-  pageSize?: () => number
 }
 
 // Requests the addon answered without the daemon since the mount (see native/preload.c).
